@@ -57,6 +57,8 @@ def joint_loss(
     sampling: Sampling = "som",
     ratio: float = SOM_RATIO,
     ignore_index: int = IGNORE_INDEX,
+    ohem_thresh: float = 0.7,
+    ohem_min_kept: int = 100_000,
 ) -> torch.Tensor:
     """FactSeg's training loss: joint CP probability under NLL, reduced by SOM (default), OHEM or mean."""
     losses = joint_pixel_losses(fg_logits, bi_logits, target, ignore_index)
@@ -65,7 +67,7 @@ def joint_loss(
         return small_object_mining(losses, valid, ratio)
     if sampling == "ohem":
         prob_true = torch.exp(-losses.detach())  # CP probability of the true class
-        return ohem(losses, prob_true, valid)
+        return ohem(losses, prob_true, valid, ohem_thresh, ohem_min_kept)
     if sampling == "mean":
         return losses[valid].mean() if valid.any() else losses.sum() * 0.0
     raise ValueError(f"unknown sampling {sampling!r}: use 'som', 'ohem' or 'mean'")
