@@ -1,0 +1,405 @@
+"""The Segment Layer dialog (widgets built in code, no .ui file to compile).
+
+It gathers the request (layer, extent, resolution, bands, worker, sliding-window sizes, outputs), remembers the
+choices in QgsSettings and turns them into a :class:`JobRequest` with :meth:`SegmentDialog.build_request`; the
+plugin runs that as a task. The dialog is modeless so that a rectangle can be drawn on the map.
+"""
+from __future__ import annotations
+
+import html
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsMapLayerProxyModel,
+    QgsProcessingUtils,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+)
+from qgis.gui import QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent, QgsRasterBandComboBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from worker.client import WorkerClient
+from worker.protocol import WorkerError
+
+from .errors import FactSegError
+from .grid import ground_metres_per_unit, native_resolution
+from .job import JobRequest, WorkerTarget, prepare_job
+from .local_workers import LocalWorkerSpec
+from .raster_reading import ARGB_TYPES, default_bands
+from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
+from .styling import display_name
+
+EXTENT_LABELS = ("Layer extent", "Map canvas extent", "Selected features of a polygon layer", "Drawn rectangle")
+UNIT_LABELS = ("map units", "cm / pixel")
+CHECK_TIMEOUT_S = 3.0
+
+
+class SegmentDialog(QDialog):
+    """Segment Layer: choose what to segment and how; ``request`` holds the job after OK."""
+
+    def __init__(self, iface, parent: QWidget | None = None) -> None:
+        super().__init__(parent or (iface.mainWindow() if iface is not None else None))
+        self.iface = iface
+        self.canvas = iface.mapCanvas() if iface is not None else None
+        self.settings = PluginSettings.load()
+        self.request: JobRequest | None = None
+        self._drawn: tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None = None
+        self._native_value: float | None = None
+        self._previous_tool = None
+        self._extent_tool = None
+        self.setWindowTitle("FactSeg — Segment Layer")
+        self._build()
+        self._load_settings()
+        self._layer_changed(self.layer_combo.currentLayer())
+
+    # -- construction ---------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        source = QGroupBox("Input")
+        form = QFormLayout(source)
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.layerChanged.connect(self._layer_changed)
+        form.addRow("Raster layer", self.layer_combo)
+        self.extent_combo = QComboBox()
+        self.extent_combo.addItems(EXTENT_LABELS)
+        self.extent_combo.currentIndexChanged.connect(self._extent_source_changed)
+        form.addRow("Extent", self.extent_combo)
+        self.polygon_combo = QgsMapLayerComboBox()
+        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        form.addRow("Polygon layer", self.polygon_combo)
+        self.clip_check = QCheckBox("Only inside the selected polygons (pixels outside become nodata)")
+        self.clip_check.setChecked(True)
+        form.addRow("", self.clip_check)
+        self.draw_button = QPushButton("Draw on map…")
+        self.draw_button.clicked.connect(self._start_drawing)
+        self.extent_label = QLabel()
+        self.extent_label.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.draw_button)
+        row.addWidget(self.extent_label, 1)
+        form.addRow("", _wrap(row))
+        self.resolution_spin = QgsDoubleSpinBox()
+        self.resolution_spin.setDecimals(9)
+        self.resolution_spin.setRange(0.0, 1e9)
+        self.units_combo = QComboBox()
+        self.units_combo.addItems(UNIT_LABELS)
+        self.units_combo.currentIndexChanged.connect(lambda _index: self._reset_resolution())
+        self.native_button = QPushButton("Native")
+        self.native_button.setToolTip("The layer's own pixel size")
+        self.native_button.clicked.connect(self._reset_resolution)
+        row = QHBoxLayout()
+        row.addWidget(self.resolution_spin, 1)
+        row.addWidget(self.units_combo)
+        row.addWidget(self.native_button)
+        form.addRow("Resolution", _wrap(row))
+        self.band_combos = [QgsRasterBandComboBox() for _ in range(3)]
+        row = QHBoxLayout()
+        for label, combo in zip(("R", "G", "B"), self.band_combos):
+            row.addWidget(QLabel(label))
+            row.addWidget(combo, 1)
+        form.addRow("Bands", _wrap(row))
+        self.scaling_combo = QComboBox()
+        self.scaling_combo.addItems(SCALING_LABELS)
+        form.addRow("Scaling to 0–255", self.scaling_combo)
+        layout.addWidget(source)
+
+        worker = QGroupBox("Worker")
+        form = QFormLayout(worker)
+        self.endpoint_radio = QRadioButton("Connect to a running worker")
+        self.local_radio = QRadioButton("Start a local worker")
+        group = QButtonGroup(self)
+        group.addButton(self.endpoint_radio)
+        group.addButton(self.local_radio)
+        self.endpoint_radio.toggled.connect(self._worker_mode_changed)
+        self.endpoint_edit = QLineEdit()
+        self.endpoint_edit.setPlaceholderText("tcp://127.0.0.1:5555")
+        form.addRow(self.endpoint_radio, self.endpoint_edit)
+        form.addRow(self.local_radio)
+        self.python_widget = QgsFileWidget()
+        self.python_widget.setDialogTitle("Python interpreter with torch")
+        form.addRow("Worker Python", self.python_widget)
+        self.model_widget = QgsFileWidget()
+        self.model_widget.setFilter("FactSeg models (*.pt *.pth *.onnx);;All files (*)")
+        form.addRow("Model", self.model_widget)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        form.addRow("Device", self.device_combo)
+        self.check_button = QPushButton("Check worker")
+        self.check_button.clicked.connect(self.check_worker)
+        self.classes_label = QLabel()
+        self.classes_label.setWordWrap(True)
+        self.classes_label.setTextFormat(Qt.RichText)
+        form.addRow(self.check_button, self.classes_label)
+        self.patch_spin = _spin(32, 4096, "Sliding-window size in pixels (reference: 896)")
+        self.stride_spin = _spin(1, 4096, "Step between windows in pixels (reference: 512)")
+        self.batch_spin = _spin(0, 256, "Windows per forward pass of a local worker (0: its default)")
+        row = QHBoxLayout()
+        for label, spin in (("Patch", self.patch_spin), ("Stride", self.stride_spin), ("Batch", self.batch_spin)):
+            row.addWidget(QLabel(label))
+            row.addWidget(spin)
+        form.addRow("Windows", _wrap(row))
+        layout.addWidget(worker)
+
+        output = QGroupBox("Output")
+        form = QFormLayout(output)
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.output_widget.lineEdit().setPlaceholderText("[Save to temporary file]")
+        form.addRow("Class raster", self.output_widget)
+        self.polygons_check = QCheckBox("Add polygons (one per object, with class name and area)")
+        self.statistics_check = QCheckBox("Report area and share of each class")
+        form.addRow(self.polygons_check)
+        form.addRow(self.statistics_check)
+        layout.addWidget(output)
+
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #b00020")
+        layout.addWidget(self.error_label)
+        self.button_box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        self.button_box.button(QDialogButtonBox.Ok).setText("Segment")
+        self.button_box.accepted.connect(self.accept)
+        self.button_box.rejected.connect(self.reject)
+        layout.addWidget(self.button_box)
+
+    def _load_settings(self) -> None:
+        s = self.settings
+        self.endpoint_edit.setText(s.endpoint)
+        (self.local_radio if s.start_local else self.endpoint_radio).setChecked(True)
+        self._worker_mode_changed()
+        self.python_widget.setFilePath(s.worker_python)
+        self.model_widget.setFilePath(s.model_path)
+        self.device_combo.setCurrentIndex(DEVICES.index(s.device) if s.device in DEVICES else 0)
+        self.patch_spin.setValue(s.patch)
+        self.stride_spin.setValue(s.stride)
+        self.batch_spin.setValue(s.batch_size)
+        self.units_combo.setCurrentIndex(RESOLUTION_UNITS.index(s.resolution_units)
+                                         if s.resolution_units in RESOLUTION_UNITS else 0)
+        self.scaling_combo.setCurrentIndex(SCALING_MODES.index(s.scaling) if s.scaling in SCALING_MODES else 0)
+        self.extent_combo.setCurrentIndex(EXTENT_SOURCES.index(s.extent_source)
+                                          if s.extent_source in EXTENT_SOURCES else 0)
+        self._extent_source_changed()
+        self.polygons_check.setChecked(s.add_polygons)
+        self.statistics_check.setChecked(s.show_statistics)
+
+    def current_settings(self) -> PluginSettings:
+        """The dialog's choices as settings (saved when a job starts)."""
+        return PluginSettings(
+            endpoint=self.endpoint_edit.text().strip(),
+            start_local=self.local_radio.isChecked(),
+            worker_python=self.python_widget.filePath(),
+            model_path=self.model_widget.filePath(),
+            device=self.device_combo.currentText(),
+            patch=self.patch_spin.value(),
+            stride=self.stride_spin.value(),
+            batch_size=self.batch_spin.value(),
+            resolution_units=RESOLUTION_UNITS[self.units_combo.currentIndex()],
+            scaling=SCALING_MODES[self.scaling_combo.currentIndex()],
+            extent_source=EXTENT_SOURCES[self.extent_combo.currentIndex()],
+            output_dir=self.settings.output_dir,
+            add_polygons=self.polygons_check.isChecked(),
+            show_statistics=self.statistics_check.isChecked(),
+        )
+
+    # -- reactions ------------------------------------------------------------------------------------------
+
+    def _layer_changed(self, layer) -> None:
+        raster = layer if isinstance(layer, QgsRasterLayer) else None
+        for combo in self.band_combos:
+            combo.setLayer(raster)
+        argb = raster is not None and raster.dataProvider().dataType(1) in ARGB_TYPES
+        if raster is not None and not argb:
+            for combo, band in zip(self.band_combos, default_bands(raster)):
+                combo.setBand(band)
+        for combo in self.band_combos:
+            combo.setEnabled(raster is not None and not argb)
+        self.scaling_combo.setEnabled(not argb)
+        self._reset_resolution()
+        self._show_extent()
+
+    def _extent_source_changed(self, *_args) -> None:
+        source = EXTENT_SOURCES[self.extent_combo.currentIndex()]
+        self.polygon_combo.setEnabled(source == "selection")
+        self.clip_check.setEnabled(source == "selection")
+        self.draw_button.setEnabled(source == "drawn" and self.canvas is not None)
+        self._show_extent()
+
+    def _worker_mode_changed(self, *_args) -> None:
+        local = self.local_radio.isChecked()
+        self.endpoint_edit.setEnabled(not local)
+        self.check_button.setEnabled(not local)
+        for widget in (self.python_widget, self.model_widget, self.device_combo):
+            widget.setEnabled(local)
+
+    def _reset_resolution(self) -> None:
+        """Show the layer's native pixel size in the chosen unit (ground cm/px measured at the layer's centre)."""
+        layer = self.layer_combo.currentLayer()
+        native = native_resolution(layer) if isinstance(layer, QgsRasterLayer) else None
+        self._native_value = None
+        if native is None:
+            return
+        value = native[0]
+        if RESOLUTION_UNITS[self.units_combo.currentIndex()] == "cm_per_px":
+            extent = layer.extent()
+            try:
+                mx, _my = ground_metres_per_unit(layer.crs(), extent.center(), max(extent.width(), extent.height())
+                                                 * 0.01 or 1e-3, QgsProject.instance().transformContext())
+            except FactSegError:
+                return
+            value = native[0] * mx * 100.0
+        self.resolution_spin.setValue(value)
+        self._native_value = self.resolution_spin.value()
+
+    def _show_extent(self) -> None:
+        try:
+            extent = self.current_extent()
+        except FactSegError as exc:
+            self.extent_label.setText(str(exc))
+            return
+        if extent is None:
+            layer = self.layer_combo.currentLayer()
+            self.extent_label.setText(f"whole layer {layer.extent().toString(2)}" if layer else "")
+        else:
+            self.extent_label.setText(f"{extent[0].toString(2)} ({extent[1].authid()})")
+
+    def _start_drawing(self) -> None:
+        if self.canvas is None:
+            return
+        self._previous_tool = self.canvas.mapTool()
+        self._extent_tool = QgsMapToolExtent(self.canvas)
+        self._extent_tool.extentChanged.connect(self.set_drawn_extent)
+        self.canvas.setMapTool(self._extent_tool)
+        self.hide()
+
+    def set_drawn_extent(self, rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem | None = None) -> None:
+        """The rectangle drawn on the map (map canvas CRS unless given)."""
+        if crs is None:
+            crs = self.canvas.mapSettings().destinationCrs() if self.canvas else QgsCoordinateReferenceSystem()
+        self._drawn = (QgsRectangle(rectangle), crs)
+        if self.canvas is not None and self._extent_tool is not None:
+            self.canvas.unsetMapTool(self._extent_tool)
+            if self._previous_tool is not None:
+                self.canvas.setMapTool(self._previous_tool)
+        self.extent_combo.setCurrentIndex(EXTENT_SOURCES.index("drawn"))
+        self._show_extent()
+        self.show()
+        self.raise_()
+
+    def check_worker(self) -> dict | None:
+        """Ask the endpoint for its model and classes; show them (the worker decides names and colours)."""
+        endpoint = self.endpoint_edit.text().strip()
+        try:
+            with WorkerClient(endpoint, timeout_s=CHECK_TIMEOUT_S, retries=0) as client:
+                info = client.info()
+        except (WorkerError, ValueError) as exc:
+            self.classes_label.setText(html.escape(f"No FactSeg worker answers at {endpoint!r}: {exc}"))
+            return None
+        swatches = " ".join(
+            f'<span style="background-color: rgb({c["color"][0]},{c["color"][1]},{c["color"][2]})">&nbsp;&nbsp;'
+            f'&nbsp;</span>&nbsp;{html.escape(display_name(c["name"]))}' for c in info.get("classes", []))
+        self.classes_label.setText(
+            f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
+            f"{html.escape(str(info.get('device', '?')))}: {swatches}")
+        return info
+
+    # -- the request ----------------------------------------------------------------------------------------
+
+    def current_extent(self) -> tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None:
+        """The chosen extent and its CRS; None for the whole layer."""
+        source = EXTENT_SOURCES[self.extent_combo.currentIndex()]
+        if source == "layer":
+            return None
+        if source == "canvas":
+            if self.canvas is None:
+                raise FactSegError("There is no map canvas to take the extent from.")
+            return QgsRectangle(self.canvas.extent()), self.canvas.mapSettings().destinationCrs()
+        if source == "selection":
+            polygons = self.polygon_combo.currentLayer()
+            if polygons is None:
+                raise FactSegError("Choose a polygon layer whose selected features give the extent.")
+            if polygons.selectedFeatureCount() == 0:
+                raise FactSegError(f"No features are selected in {polygons.name()!r}: select the areas to segment.")
+            return polygons.boundingBoxOfSelected(), polygons.crs()
+        if self._drawn is None:
+            raise FactSegError("Draw a rectangle on the map first (Draw on map…).")
+        return self._drawn
+
+    def build_request(self) -> JobRequest:
+        """Check the choices and capture the job (raises FactSegError in plain words)."""
+        layer = self.layer_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            raise FactSegError("Choose a raster layer to segment.")
+        s = self.current_settings()
+        if s.start_local:
+            target = WorkerTarget(local=LocalWorkerSpec(s.worker_python, s.model_path, s.device, s.batch_size))
+        else:
+            if not s.endpoint:
+                raise FactSegError("Give the worker endpoint (e.g. tcp://127.0.0.1:5555) or start a local worker.")
+            target = WorkerTarget(endpoint=s.endpoint)
+        extent = self.current_extent()
+        value = self.resolution_spin.value()
+        resolution = 0.0 if self._native_value is not None and value == self._native_value else value
+        if resolution <= 0 and native_resolution(layer) is None:
+            raise FactSegError(f"Layer {layer.name()!r} has no native pixel size: set the resolution.")
+        output = self.output_widget.filePath().strip() or QgsProcessingUtils.generateTempFilename("factseg.tif")
+        vector = None
+        if s.add_polygons:
+            vector = output.rsplit(".", 1)[0] + "_objects.gpkg"
+        argb = layer.dataProvider().dataType(1) in ARGB_TYPES
+        bands = None if argb else tuple(max(1, combo.currentBand()) for combo in self.band_combos)
+        aoi = aoi_crs = None
+        if s.extent_source == "selection" and self.clip_check.isChecked():
+            polygons = self.polygon_combo.currentLayer()
+            aoi, aoi_crs = [f.geometry() for f in polygons.selectedFeatures()], polygons.crs()
+        return prepare_job(
+            layer, output, target,
+            extent=extent[0] if extent else None, extent_crs=extent[1] if extent else None,
+            resolution=resolution, resolution_units=s.resolution_units, bands=bands, scaling=s.scaling,
+            patch=s.patch, stride=s.stride, vector_path=vector, statistics=s.show_statistics,
+            context=QgsProject.instance().transformContext(), aoi=aoi, aoi_crs=aoi_crs)
+
+    def accept(self) -> None:
+        try:
+            self.request = self.build_request()
+        except FactSegError as exc:
+            self.error_label.setText(str(exc))
+            return
+        self.error_label.clear()
+        self.settings = self.current_settings()
+        self.settings.save()
+        super().accept()
+
+
+def _spin(low: int, high: int, tip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setToolTip(tip)
+    return spin
+
+
+def _wrap(layout) -> QWidget:
+    widget = QWidget()
+    layout.setContentsMargins(0, 0, 0, 0)
+    widget.setLayout(layout)
+    return widget

@@ -1,0 +1,89 @@
+"""The plugin object QGIS loads: the Segment Layer action (toolbar + Raster menu) and the Processing provider."""
+from __future__ import annotations
+
+from qgis.core import Qgis, QgsApplication
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from .dialog import SegmentDialog
+from .local_workers import set_keep_alive, stop_all
+from .plugin_info import ICON_PATH, PLUGIN_NAME
+from .processing_provider import FactSegProvider
+from .task import SegmentTask, log
+
+MENU = "&FactSeg"
+
+
+class FactSegPlugin:
+    """Created by :func:`classFactory`; QGIS calls ``initProcessing``, ``initGui`` and ``unload``."""
+
+    def __init__(self, iface) -> None:
+        self.iface = iface
+        self.action: QAction | None = None
+        self.provider: FactSegProvider | None = None
+        self.dialog: SegmentDialog | None = None
+        self.tasks: list[SegmentTask] = []  # Python references keep running tasks alive
+
+    def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
+        """Register the provider (also called by qgis_process, where there is no GUI)."""
+        if self.provider is None:
+            self.provider = FactSegProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:  # noqa: N802
+        self.initProcessing()
+        set_keep_alive(True)  # reuse local workers between jobs while QGIS runs; stopped in unload()
+        self.action = QAction(QIcon(str(ICON_PATH)), "Segment Layer", self.iface.mainWindow())
+        self.action.setObjectName("factsegSegmentLayer")
+        self.action.setToolTip("Segment a raster layer with FactSeg (small objects: vehicles, ships, planes…)")
+        self.action.triggered.connect(self.show_dialog)
+        self.iface.addToolBarIcon(self.action)
+        self.iface.addPluginToRasterMenu(MENU, self.action)
+
+    def unload(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.action)
+            self.iface.removeToolBarIcon(self.action)
+            self.action.deleteLater()
+            self.action = None
+        if self.dialog is not None:
+            self.dialog.close()
+            self.dialog.deleteLater()
+            self.dialog = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        set_keep_alive(False)
+        stop_all()
+
+    def show_dialog(self) -> SegmentDialog:
+        """Open (or raise) the Segment Layer dialog; a job starts when it is accepted."""
+        if self.dialog is None:
+            self.dialog = SegmentDialog(self.iface)
+            self.dialog.accepted.connect(self._dialog_accepted)
+        self.dialog.show()
+        self.dialog.raise_()
+        self.dialog.activateWindow()
+        return self.dialog
+
+    def _dialog_accepted(self) -> None:
+        if self.dialog is not None and self.dialog.request is not None:
+            request, self.dialog.request = self.dialog.request, None
+            self.start_task(request)
+
+    def start_task(self, request) -> SegmentTask:
+        """Run a job in QGIS's task manager."""
+        task = SegmentTask(request, self.iface.messageBar(), on_finished=self._task_finished)
+        self.tasks.append(task)
+        QgsApplication.taskManager().addTask(task)
+        log(f"Started: {task.description()}", Qgis.Info)
+        return task
+
+    def _task_finished(self, task: SegmentTask) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)
+
+
+__all__ = ["FactSegPlugin", "PLUGIN_NAME"]

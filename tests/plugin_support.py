@@ -1,0 +1,98 @@
+"""Helpers for the QGIS plugin and Processing tests: real GeoTIFFs made with GDAL, a real worker process, and the
+worker's own answer for given pixels (to compare the plugin's output with)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, osr
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+PATCH, STRIDE = 128, 64
+
+
+def scene(height: int, width: int, bands: int = 3, seed: int = 0, scale: float = 255.0) -> np.ndarray:
+    """bands×h×w image with structure (smooth gradients, bright rectangles), so the model gives several classes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    out = np.empty((bands, height, width))
+    for b in range(bands):
+        base = 0.5 + 0.25 * np.sin(xx / (9 + 3 * b)) * np.cos(yy / (13 + 2 * b))
+        base += 0.1 * rng.standard_normal((height, width))
+        for _ in range(12):
+            y0, x0 = rng.integers(0, height - 12), rng.integers(0, width - 12)
+            base[y0:y0 + rng.integers(4, 12), x0:x0 + rng.integers(4, 12)] = rng.uniform(0.7, 1.0)
+        out[b] = np.clip(base, 0, 1) * scale
+    return out
+
+
+def write_geotiff(
+    path: Path, data: np.ndarray, geotransform: tuple, epsg: int, dtype: int = gdal.GDT_Byte,
+    nodata: float | None = None,
+) -> Path:
+    """A real GeoTIFF (bands×h×w ``data``) in EPSG:``epsg``."""
+    bands, height, width = data.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, bands, dtype)
+    ds.SetGeoTransform(geotransform)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds.SetProjection(srs.ExportToWkt())
+    for b in range(bands):
+        band = ds.GetRasterBand(b + 1)
+        band.WriteArray(data[b])
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+    ds.FlushCache()
+    ds = None
+    return path
+
+
+def read_classes(path: Path) -> tuple[np.ndarray, gdal.Dataset]:
+    ds = gdal.Open(str(path))
+    return ds.GetRasterBand(1).ReadAsArray(), ds
+
+
+def start_worker(checkpoint: Path):
+    """A real worker process (``python -m worker``) on a private ipc endpoint."""
+    from worker.client import start_local_worker
+
+    return start_local_worker(str(VENV_PYTHON), str(checkpoint), device="cpu", pythonpath=str(REPO_ROOT))
+
+
+def reference_classes(endpoint: str, rgb: np.ndarray, valid: np.ndarray | None = None, patch: int = PATCH,
+                      stride: int = STRIDE) -> np.ndarray:
+    """What the worker answers for these exact pixels (h×w×3 uint8), through the client alone."""
+    from worker.client import WorkerClient
+
+    height, width = rgb.shape[:2]
+    out = np.full((height, width), 254, dtype=np.uint8)
+
+    def reader(y0, x0, y1, x1):
+        return rgb[y0:y1, x0:x1], None if valid is None else valid[y0:y1, x0:x1]
+
+    def writer(y0, x0, classes, confidence):
+        out[y0:y0 + classes.shape[0], x0:x0 + classes.shape[1]] = classes
+
+    with WorkerClient(endpoint, timeout_s=60) as client:
+        client.segment_raster(height, width, reader, writer, patch=patch, stride=stride)
+    assert (out != 254).all()
+    return out
+
+
+def build_plugin_zip(tmp: Path) -> Path:
+    """Run the real build script (make plugin) into ``tmp``; returns the zip."""
+    env = dict(os.environ, FACTSEG_BUILD_DIR=str(tmp / "build"), FACTSEG_DIST_DIR=str(tmp / "dist"))
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "build_plugin.sh")], check=True, env=env, cwd=REPO_ROOT,
+                   capture_output=True, text=True)
+    return tmp / "dist" / "factseg.zip"
+
+
+def unpack_plugin(zip_path: Path, plugins_dir: Path) -> Path:
+    plugins_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(plugins_dir)
+    return plugins_dir / "factseg"

@@ -1,0 +1,224 @@
+"""The Segment Layer task path in a real headless QGIS with a real worker: progress, styled layers added on the
+main thread, cancel midway (the worker stops, nothing added, no file under the output name), errors in words."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from plugin_support import PATCH, STRIDE, read_classes, scene, start_worker, write_geotiff
+from qgis.core import Qgis, QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer, QgsTask
+from qgis.PyQt.QtCore import QCoreApplication
+
+pytestmark = pytest.mark.qgis
+
+UTM_GT = (500000.0, 0.5, 0.0, 4000000.0, 0.0, -0.5)
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_checkpoint):
+    running = start_worker(tiny_checkpoint)
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def plugin(qgis_iface, qgis_processing):
+    from qgis_plugin.plugin import FactSegPlugin
+
+    qgis_iface.messageBar().clear_messages()
+    instance = FactSegPlugin(qgis_iface)
+    instance.initGui()
+    yield instance
+    instance.unload()
+    QgsProject.instance().removeAllMapLayers()
+
+
+def make_request(tmp_path, endpoint, size=(160, 200), **kwargs):
+    from qgis_plugin.job import WorkerTarget, prepare_job
+
+    src = write_geotiff(tmp_path / "in.tif", scene(*size, seed=7), UTM_GT, 32633)
+    layer = QgsRasterLayer(str(src), "scene")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    target = kwargs.pop("target", None) or WorkerTarget(endpoint)
+    return prepare_job(layer, tmp_path / "classes.tif", target, patch=PATCH, stride=STRIDE, **kwargs)
+
+
+def wait_for(task, timeout_s=120.0):
+    done = []
+    previous = task.on_finished
+    task.on_finished = lambda t: (done.append(t), previous and previous(t))
+    deadline = time.monotonic() + timeout_s
+    while not done and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    assert done, f"task did not finish within {timeout_s} s (status {task.status()})"
+
+
+def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgis_iface):
+    request = make_request(tmp_path, worker.endpoint, vector_path=tmp_path / "objects.gpkg")
+    task = plugin.start_task(request)
+    progress = []
+    task.progressChanged.connect(progress.append)
+    wait_for(task)
+    assert task.status() == QgsTask.Complete and task.error is None
+    assert progress and max(progress) == pytest.approx(100.0)
+    raster, vector = task.added_layers
+    assert raster.id() in QgsProject.instance().mapLayers() and vector.id() in QgsProject.instance().mapLayers()
+    renderer = raster.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    labels = {c.value: c.label for c in renderer.classes()}
+    assert labels[1] == "ship" and labels[9] == "small vehicle" and len(labels) == 16
+    assert renderer.classes()[14].color.getRgb()[:3] == (0, 127, 255)
+    assert vector.featureCount() == task.result.feature_count > 0
+    assert {"class_id", "class_name", "area_m2"} <= set(vector.fields().names())
+    success = qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert success and "%" in success[-1] and "m²" in success[-1]
+    ids, _ = read_classes(tmp_path / "classes.tif")
+    assert ids.shape == (160, 200)
+    assert plugin.tasks == []
+
+
+def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface):
+    from worker.client import WorkerClient
+
+    request = make_request(tmp_path, worker.endpoint, size=(256, 256), chunk_size=128)  # 4 chunks
+    reads, gate = [], threading.Event()
+    read = request.reader.read
+
+    def gated_read(*window):  # hold the 3rd chunk's read until the test has pressed cancel
+        reads.append(window)
+        if len(reads) == 3:
+            gate.wait(30)
+        return read(*window)
+
+    request.reader.read = gated_read
+    layers_before = set(QgsProject.instance().mapLayers())
+    task = plugin.start_task(request)
+    progress = []
+    task.progressChanged.connect(progress.append)
+    deadline = time.monotonic() + 60
+    while not any(p > 0 for p in progress) and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    assert any(0 < p < 100 for p in progress), progress
+    task.cancel()
+    gate.set()
+    wait_for(task)
+    assert task.status() == QgsTask.Terminated
+    assert "cancelled" in str(task.error)
+    assert len(reads) < 5
+    assert set(QgsProject.instance().mapLayers()) == layers_before
+    assert not (tmp_path / "classes.tif").exists()
+    assert not list(tmp_path.glob(".classes.tif*"))
+    assert any("cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
+    with WorkerClient(worker.endpoint) as client:  # the worker dropped the rest and is idle again
+        deadline = time.monotonic() + 10
+        while (state := client.status())["busy"] or state["queued"]:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.1)
+
+
+def test_unreachable_worker_reported_in_message_bar(plugin, tmp_path, qgis_iface):
+    from qgis_plugin.job import WorkerTarget
+
+    nobody = f"ipc://{tmp_path}/nobody.sock"
+    request = make_request(tmp_path, nobody, target=WorkerTarget(nobody, probe_timeout_s=1.0))
+    task = plugin.start_task(request)
+    wait_for(task)
+    assert task.status() == QgsTask.Terminated
+    critical = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert critical and f"worker at {nobody} does not answer" in critical[-1]
+    assert not (tmp_path / "classes.tif").exists()
+
+
+def test_task_output_matches_processing_code_path(plugin, worker, tmp_path):
+    """The task and the algorithm share run_job: same input, same classes."""
+    import processing
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.processing_provider import FactSegProvider
+
+    request = make_request(tmp_path, worker.endpoint)
+    task = plugin.start_task(request)
+    wait_for(task)
+    ids_task, _ = read_classes(tmp_path / "classes.tif")
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("factseg") is None:
+        registry.addProvider(FactSegProvider())
+    result = processing.run("factseg:segment", {"INPUT": str(tmp_path / "in.tif"), "WORKER": worker.endpoint,
+                                                "PATCH": PATCH, "STRIDE": STRIDE,
+                                                "OUTPUT": str(tmp_path / "alg.tif")})
+    ids_alg, _ = read_classes(result["OUTPUT"])
+    np.testing.assert_array_equal(ids_task, ids_alg)
+
+
+def test_task_on_xyz_tiles(plugin, worker, tmp_path):
+    """Pixels of an XYZ tile layer (QGIS's wms provider) read in the task thread, segmented, added."""
+    from PIL import Image
+    from qgis.core import QgsRectangle
+
+    from qgis_plugin.job import WorkerTarget, prepare_job
+
+    tiles = scene(512, 512, seed=9).astype(np.uint8).transpose(1, 2, 0)
+    for x in (0, 1):
+        for y in (0, 1):
+            (tmp_path / "1" / str(x)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(tiles[y * 256:(y + 1) * 256, x * 256:(x + 1) * 256]).save(tmp_path / "1" / str(x) / f"{y}.png")
+    uri = f"type=xyz&url=file://{tmp_path}/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmin=0&zmax=1"
+    layer = QgsRasterLayer(uri, "tiles", "wms")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    zoom1 = 40075016.68557849 / 512
+    origin = -20037508.342789244
+    extent = QgsRectangle(origin + 100 * zoom1, -origin - 300 * zoom1, origin + 300 * zoom1, -origin - 100 * zoom1)
+    request = prepare_job(layer, tmp_path / "classes.tif", WorkerTarget(worker.endpoint), extent=extent,
+                          resolution=zoom1, patch=PATCH, stride=STRIDE)
+    task = plugin.start_task(request)
+    wait_for(task)
+    assert task.status() == QgsTask.Complete, task.error
+    ids, ds = read_classes(tmp_path / "classes.tif")
+    assert ids.shape == (200, 200) and ds.GetGeoTransform()[1] == pytest.approx(zoom1)
+    from plugin_support import reference_classes
+
+    expected = reference_classes(worker.endpoint, np.ascontiguousarray(tiles[100:300, 100:300]))
+    np.testing.assert_array_equal(ids, expected)
+
+
+def test_dialog_check_worker_shows_its_classes(qgis_iface, worker):
+    from qgis_plugin.dialog import SegmentDialog
+
+    dialog = SegmentDialog(qgis_iface)
+    dialog.endpoint_radio.setChecked(True)
+    dialog.endpoint_edit.setText(worker.endpoint)
+    info = dialog.check_worker()
+    assert info is not None and len(info["classes"]) == 16
+    assert "small vehicle" in dialog.classes_label.text() and "resnet18" in dialog.classes_label.text()
+    dialog.endpoint_edit.setText(f"ipc://{worker.endpoint[6:]}.nobody")
+    assert dialog.check_worker() is None
+    assert "No FactSeg worker answers" in dialog.classes_label.text()
+    dialog.close()
+
+
+def test_local_worker_is_reused_between_tasks_and_stopped_at_unload(plugin, tiny_checkpoint, tmp_path):
+    from plugin_support import VENV_PYTHON
+
+    from qgis_plugin import local_workers
+    from qgis_plugin.job import WorkerTarget
+    from qgis_plugin.local_workers import LocalWorkerSpec
+
+    target = WorkerTarget(local=LocalWorkerSpec(str(VENV_PYTHON), str(tiny_checkpoint), "cpu"))
+    first = plugin.start_task(make_request(tmp_path, "", size=(64, 64), target=target))
+    wait_for(first)
+    assert first.status() == QgsTask.Complete, first.error
+    endpoints = local_workers.running_endpoints()
+    assert len(endpoints) == 1
+    (tmp_path / "classes.tif").unlink()
+    second = plugin.start_task(make_request(tmp_path, "", size=(64, 64), target=target))
+    wait_for(second)
+    assert second.status() == QgsTask.Complete, second.error
+    assert local_workers.running_endpoints() == endpoints  # the same process served both
+    plugin.unload()
+    assert local_workers.running_endpoints() == []
