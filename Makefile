@@ -16,7 +16,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m scripts.demo
+	$(PY) scripts/demo.py
 
 plugin:
 	@bash scripts/build_plugin.sh
