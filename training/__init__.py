@@ -1,0 +1,1 @@
+"""Training pipeline: iSAID-layout data, synthetic mini-iSAID, training, evaluation and export scripts."""
