@@ -1,0 +1,62 @@
+"""Export a FactSeg checkpoint to ONNX for the worker's onnxruntime backend.
+
+    .venv/bin/python training/export_onnx.py --model CKPT --output FILE.onnx [--opset 17]
+        [--patch 896 --stride 512] [--no-verify]
+
+CKPT is anything ``factseg_core.load_model`` reads (our checkpoints, the released factseg50.pth). The file
+holds CP fusion, dynamic batch/height/width and the class table, mean/std, patch, stride and backbone as
+metadata; it is checked with ``onnx.checker`` and (unless ``--no-verify``) compared with torch on random
+inputs of other shapes than the traced one: the export fails if probabilities differ by more than 1e-4.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script path: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+
+from factseg_core.checkpoint import CheckpointError, load_model  # noqa: E402
+from factseg_core.config import PATCH_SIZE, STRIDE  # noqa: E402
+from factseg_core.onnx_export import DEFAULT_OPSET, compare_with_torch, export_onnx  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint to export (ours or the released factseg50.pth)")
+    parser.add_argument("--output", required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, ≥ 17 (default {DEFAULT_OPSET})")
+    parser.add_argument("--patch", type=int, default=PATCH_SIZE, help="window size recorded in the metadata")
+    parser.add_argument("--stride", type=int, default=STRIDE, help="window stride recorded in the metadata")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch comparison")
+    args = parser.parse_args(argv)
+    if not 0 < args.stride <= args.patch:
+        parser.error(f"need 0 < stride ≤ patch, got patch={args.patch} stride={args.stride}")
+    try:
+        model = load_model(args.model, "cpu")
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        meta = export_onnx(model, args.output, opset=args.opset, patch=args.patch, stride=args.stride)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: FactSeg-{meta['backbone']}, {len(meta['classes'])} classes, opset {args.opset}, "
+          f"patch {meta['patch']} stride {meta['stride']}; onnx.checker passed")
+    if not args.no_verify:
+        diff = compare_with_torch(model, args.output)
+        print(f"onnxruntime vs torch: max |Δp| = {diff:.2e} (tolerance {TOLERANCE:.0e})")
+        if diff > TOLERANCE:
+            print("error: the exported model does not reproduce torch; do not use it", file=sys.stderr)
+            Path(args.output).unlink(missing_ok=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
