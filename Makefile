@@ -21,8 +21,12 @@ demo: setup
 plugin:
 	@bash scripts/build_plugin.sh
 
+# Quick figures (minutes on 2 cores); each script's --help shows the full runs (2k/4k/8k, 20,000² memory).
 bench: setup
-	$(PY) bench/sliding.py
+	$(PY) bench/sliding.py --quick
+	$(PY) bench/transport.py --skip-inference
+	$(PY) bench/load.py
+	$(PY) bench/train_step.py
 
 clean:
 	rm -rf dist build demo_output .pytest_cache

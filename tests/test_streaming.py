@@ -366,3 +366,13 @@ def test_cuda_stream_matches_cpu(narrow_model, amp):
         assert (classes == ref.argmax(0)).mean() > 0.999
     else:
         assert (classes == ref.argmax(0)).mean() > 0.95
+
+
+def test_cpu_bf16_is_an_approximate_opt_in(narrow_model):
+    img = image(150, 200)
+    ref = reference(narrow_model, img)
+    runner = TorchRunner(narrow_model, "cpu", amp="bf16")
+    probs = runner(torch.randn(1, 3, 64, 64))
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 64), atol=1e-5, rtol=0)  # fusion stays float32
+    classes, _ = run_stream(runner, img)
+    assert (classes == ref.argmax(0)).mean() > 0.95

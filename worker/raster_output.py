@@ -25,8 +25,9 @@ CLASS_TABLE_KEY = "FACTSEG_CLASSES"
 
 
 def partial_path(path: Path) -> Path:
-    """Temporary name used while ``path`` is being written (same folder, so the final rename is atomic)."""
-    return path.with_name(f".{path.name}.partial")
+    """Temporary name used while ``path`` is being written: same folder (so the final rename is atomic), hidden,
+    and the same extension (drivers such as GeoPackage check it)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def confidence_path(path: Path) -> Path:

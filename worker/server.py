@@ -173,12 +173,15 @@ class FairQueue:
 class Engine:
     """The loaded model and the chunk plan (both from factseg_core), behind the small interface the server needs."""
 
-    def __init__(self, model: str, backend: str = "torch", device: str = "auto", batch_size: int | None = None) -> None:
+    def __init__(self, model: str, backend: str = "torch", device: str = "auto", batch_size: int | None = None,
+                 amp: str | None = None) -> None:
         from factseg_core import streaming
         from factseg_core.backends import make_runner
 
         self._streaming = streaming
-        self.runner = make_runner(model, backend=backend, device=device)
+        options = {"amp": amp} if amp else {}
+        self.runner = make_runner(model, backend=backend, device=device, **options)
+        self.amp = amp
         self.batch_size = int(batch_size or 4)
         self.backend = backend
         self.model_path = str(model)
@@ -197,6 +200,7 @@ class Engine:
             "device": str(self.runner.device),
             "backend": str(getattr(self.runner, "name", self.backend)),
             "batch_size": self.batch_size,
+            "amp": self.amp,
         }
 
     def _plan(self, height: int, width: int, patch: int, stride: int, chunk_size: int) -> tuple[tuple[int, ...], ...]:
@@ -214,7 +218,8 @@ class Engine:
             return sum(1 for s in window_starts(length, job.patch, job.stride) if s < b and s + size > a)
 
         (height, width), (oy0, ox0, oy1, ox1) = job.image_size, job.out
-        return max(1, math.ceil(touching(height, oy0, oy1) * touching(width, ox0, ox1) / self.batch_size))
+        per_call = self._streaming.effective_batch_size(self.runner, self.batch_size)
+        return max(1, math.ceil(touching(height, oy0, oy1) * touching(width, ox0, ox1) / per_call))
 
     def predict(self, job: Job, should_stop: Any, on_batch: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Classes (and confidence) of one chunk; ``should_stop()`` is polled before every batch."""
@@ -668,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    parser.add_argument("--amp", default=None, choices=("bf16", "fp16"),
+                        help="mixed precision (torch backend): bf16/fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX; "
+                             "faster, approximate (off by default: results then match the reference exactly)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="default chunk side for plans")
     parser.add_argument("--max-message-mb", type=float, default=P.DEFAULT_LIMITS.max_frame_bytes / 2**20,
                         help="largest array frame accepted")
@@ -694,7 +702,10 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     try:
-        engine = Engine(args.model, backend=args.backend, device=args.device, batch_size=args.batch_size)
+        if args.amp and args.backend != "torch":
+            parser.error("--amp applies to the torch backend only")
+        engine = Engine(args.model, backend=args.backend, device=args.device, batch_size=args.batch_size,
+                        amp=args.amp)
     except Exception as exc:
         print(f"worker: cannot load model {args.model}: {exc}", file=sys.stderr)
         return 1
