@@ -11,6 +11,8 @@ Paths, each measured in a fresh subprocess so its peak RSS is its own:
   (b) torch      this engine (factseg_core.streaming.stream_predict) on a TorchRunner: rows read from the
                  raster file in bands, batched windows, channels_last, accumulators of open rows only.
   (c) onnx       the same engine on onnxruntime (OnnxRunner, the exported FactSeg with CP fusion).
+  (d) torch-bf16 the engine on torch under bfloat16 autocast (opt-in ``--amp bf16`` of the worker: fast on CPUs
+                 with AVX512-BF16/AMX and on GPUs, approximate — its class agreement is printed).
 All use the same FactSeg weights (``--model``, default: FactSeg-R50 with seeded random weights, since no
 trained weights ship with the repository; speed and memory do not depend on weight values) and the same
 synthetic RGB raster (a raw file on disk). Figures: megapixels of output per second, peak RSS, ratio to (a).
@@ -143,7 +145,8 @@ def make_engine_runner(args):
 
     if args.path == "onnx":
         return OnnxRunner(args.onnx, device=args.device)
-    return TorchRunner(make_model(args), device=args.device, amp=args.amp)
+    amp = "bf16" if args.path == "torch-bf16" else args.amp
+    return TorchRunner(make_model(args), device=args.device, amp=amp)
 
 
 def child_engine(args) -> dict:
@@ -198,9 +201,9 @@ def child_memory(args) -> dict:
 
 def child_main(args) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
-    fn = {"reference": child_reference, "torch": child_engine, "onnx": child_engine,
+    fn = {"reference": child_reference, "torch": child_engine, "onnx": child_engine, "torch-bf16": child_engine,
           "memory-cheap": child_memory, "memory-real": child_memory}[args.path]
-    conv = conv_throughput(2.0) if args.path in ("reference", "torch", "onnx") else None
+    conv = conv_throughput(2.0) if args.path in ("reference", "torch", "onnx", "torch-bf16") else None
     result = fn(args)
     result.update(peak_rss=peak_rss_bytes(), conv_gflops=conv, load_average=os.getloadavg()[0])
     print("RESULT " + json.dumps(result), flush=True)
@@ -255,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog=__doc__)
     p.add_argument("--sizes", default=None, help="comma-separated square sizes (default 2048,4096,8192; --quick: 2048)")
     p.add_argument("--quick", action="store_true", help="2k only, memory with the cheap runner only")
-    p.add_argument("--paths", default="reference,torch,onnx", help="subset of reference,torch,onnx")
+    p.add_argument("--paths", default="reference,torch,onnx,torch-bf16",
+                   help="subset of reference,torch,onnx,torch-bf16")
     p.add_argument("--model", default=None, help="checkpoint (default: FactSeg with seeded random weights)")
     p.add_argument("--backbone", default="resnet50", help="backbone of the random-weight model")
     p.add_argument("--patch", type=int, default=896)
