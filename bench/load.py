@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,13 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import free_tcp, random_checkpoint  # noqa: E402
 from worker.client import WorkerClient, start_local_worker  # noqa: E402
-
-
-def free_tcp() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,14 +74,8 @@ def main() -> int:
     with ExitStack() as stack:
         endpoints = args.connect
         if not endpoints:
-            import torch
-
-            from factseg_core import FactSeg, FactSegConfig, save_checkpoint
-
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="factseg-load-")))
-            torch.manual_seed(0)
-            checkpoint = tmp / "random.pt"
-            save_checkpoint(FactSeg(FactSegConfig(backbone=args.backbone)).eval(), checkpoint)
+            checkpoint = random_checkpoint(tmp / "random.pt", args.backbone)
             extra = ["--threads", str(args.threads)] if args.threads else []
             workers = [stack.enter_context(start_local_worker(sys.executable, str(checkpoint), free_tcp(),
                                                               device=args.device, pythonpath=str(REPO),

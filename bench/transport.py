@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,14 +29,9 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import free_tcp, random_checkpoint  # noqa: E402
 from worker import protocol as P  # noqa: E402
 from worker.client import start_local_worker  # noqa: E402
-
-
-def free_tcp() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
 def interior_chunk(chunk_size: int, patch: int, stride: int) -> tuple[list[int], dict]:
@@ -132,13 +126,7 @@ def main() -> int:
         print(json.dumps(report))
         return 0
 
-    import torch
-
-    from factseg_core import FactSeg, FactSegConfig, save_checkpoint
-
-    torch.manual_seed(0)
-    checkpoint = tmp / f"random_{args.backbone}.pt"
-    save_checkpoint(FactSeg(FactSegConfig(backbone=args.backbone)).eval(), checkpoint)
+    checkpoint = random_checkpoint(tmp / f"random_{args.backbone}.pt", args.backbone)
     python = sys.executable
     for kind, endpoint in (("ipc", f"ipc://{tmp}/worker.ipc"), ("tcp", free_tcp())):
         extra = ["--threads", str(args.threads)] if args.threads else []
