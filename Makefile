@@ -8,11 +8,13 @@ export QT_QPA_PLATFORM ?= offscreen
 setup:
 	@bash scripts/setup.sh
 
+LAYERS := ../shared/tools/check_layers.py
+
 lint: setup
 	$(PY) -m ruff check .
+	@if [ -f $(LAYERS) ]; then python3 $(LAYERS) .; fi
 
-test: setup
-	$(PY) -m ruff check .
+test: lint
 	$(PY) -m pytest
 
 demo: setup
