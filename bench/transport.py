@@ -90,7 +90,7 @@ def time_exchange(endpoint: str, header: dict, pixels: np.ndarray, repeats: int,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--chunk-size", type=int, default=2048)
+    parser.add_argument("--chunk-size", type=int, default=4096)
     parser.add_argument("--patch", type=int, default=896)
     parser.add_argument("--stride", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)

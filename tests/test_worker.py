@@ -83,7 +83,7 @@ def test_info_describes_the_loaded_model(ipc_worker: LocalWorker, tiny_model) ->
     assert info["model"] == "FactSeg" and info["backbone"] == "resnet18"
     assert info["classes"] == classes_to_dicts(tiny_model.classes)
     assert (info["patch"], info["stride"], info["device"], info["backend"]) == (896, 512, "cpu", "torch")
-    assert info["batch_size"] == 4 and info["chunk_size"] == 2048
+    assert info["batch_size"] == 4 and info["chunk_size"] == 4096
     assert info["limits"]["max_header_bytes"] == 65536
     assert status == {"queued": 0, "busy": False, "time": pytest.approx(time.time(), abs=30)}
 

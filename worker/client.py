@@ -369,7 +369,7 @@ class WorkerClient:
         info = self._consistent_info()
         patch = int(patch or info["patch"])
         stride = int(stride or info["stride"])
-        chunk_size = int(chunk_size or info.get("chunk_size", 2048))
+        chunk_size = int(chunk_size or info.get("chunk_size", 4096))
         chunks = self.plan(height, width, patch, stride, chunk_size)
         limit = int(info.get("limits", {}).get("max_frame_bytes", P.DEFAULT_LIMITS.max_frame_bytes))
         biggest = max((c.src[2] - c.src[0]) * (c.src[3] - c.src[1]) * 3 for c in chunks)

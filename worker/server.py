@@ -37,7 +37,7 @@ from . import protocol as P
 log = logging.getLogger("factseg.worker")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-DEFAULT_CHUNK_SIZE = 2048
+DEFAULT_CHUNK_SIZE = 4096  # see README "Chunks": fewer windows computed twice at chunk borders
 #: Bounds on one plan, checked before it is computed (it is computed in the socket thread; a huge plan would
 #: stall pings and cancels): chunks, and chunks × window starts (the engine's planning cost, ~0.3 s per 1e6).
 MAX_PLAN_CHUNKS = 10_000
