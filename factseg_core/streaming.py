@@ -38,6 +38,7 @@ band in a helper thread while the current one is computed (on CPU too, where rea
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,14 +94,35 @@ def _coverage(length: int, patch: int, stride: int) -> np.ndarray:
     return np.cumsum(cover[:-1]).astype(np.float32)
 
 
+def _touching_span(starts: Sequence[int], size: int, a: int, b: int) -> tuple[int, int]:
+    """Span [first start, last start + size) of the windows along one axis that intersect [a, b).
+
+    ``starts`` is strictly increasing, so the touching windows (``a - size < s < b``) are one contiguous run,
+    found by bisection in O(log n) instead of a scan; the grid covers every index, so the run is never empty.
+    """
+    first = bisect_right(starts, a - size)
+    last = bisect_left(starts, b) - 1
+    return starts[first], starts[last] + size
+
+
 def source_window(image_size: tuple[int, int], out: Window, patch: int = PATCH_SIZE, stride: int = STRIDE) -> Window:
     """The input rectangle needed to decide ``out`` exactly: the union of the grid windows touching it."""
     height, width = image_size
     _check_inside(out, height, width, "out")
     ys, wh = _axis_windows(height, patch, stride)
     xs, ww = _axis_windows(width, patch, stride)
-    ty, tx = _touching(ys, wh, out.y0, out.y1), _touching(xs, ww, out.x0, out.x1)
-    return Window(ty[0], tx[0], ty[-1] + wh, tx[-1] + ww)
+    (sy0, sy1), (sx0, sx1) = _touching_span(ys, wh, out.y0, out.y1), _touching_span(xs, ww, out.x0, out.x1)
+    return Window(sy0, sx0, sy1, sx1)
+
+
+def _axis_plan(length: int, patch: int, stride: int, step: int) -> list[tuple[int, int, int, int]]:
+    """Per-axis cuts ``(out_a, out_b, src_a, src_b)``: ``out`` tiles [0, length) by ``step``, ``src`` is its span."""
+    starts, size = _axis_windows(length, patch, stride)
+    cuts = []
+    for a in range(0, length, step):
+        b = min(a + step, length)
+        cuts.append((a, b, *_touching_span(starts, size, a, b)))
+    return cuts
 
 
 def plan_chunks(height: int, width: int, patch: int = PATCH_SIZE, stride: int = STRIDE, chunk_size: int = 2048) -> list[Chunk]:
@@ -108,7 +130,9 @@ def plan_chunks(height: int, width: int, patch: int = PATCH_SIZE, stride: int = 
 
     ``chunk_size`` is rounded down to a multiple of ``stride`` (at least one stride). Each chunk's ``src`` is
     :func:`source_window` of its ``out``; neighbouring chunks share one row/column of windows, which are
-    computed by both (a cost of about ``stride / chunk_size`` per axis).
+    computed by both (a cost of about ``stride / chunk_size`` per axis). The grid is separable (windows are
+    row starts × column starts), so the touching span is found once per chunk row and per chunk column and
+    combined: O(chunks + window starts), not chunks × window starts.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}×{width}")
@@ -116,12 +140,12 @@ def plan_chunks(height: int, width: int, patch: int = PATCH_SIZE, stride: int = 
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     window_starts(max(height, 1), patch, stride)  # validates patch/stride with a clear message
     step = max(stride, chunk_size // stride * stride)
-    chunks = []
-    for y0 in range(0, height, step):
-        for x0 in range(0, width, step):
-            out = Window(y0, x0, min(y0 + step, height), min(x0 + step, width))
-            chunks.append(Chunk(len(chunks), out, source_window((height, width), out, patch, stride)))
-    return chunks
+    rows, cols = _axis_plan(height, patch, stride, step), _axis_plan(width, patch, stride, step)
+    return [
+        Chunk(i * len(cols) + j, Window(oy0, ox0, oy1, ox1), Window(sy0, sx0, sy1, sx1))
+        for i, (oy0, oy1, sy0, sy1) in enumerate(rows)
+        for j, (ox0, ox1, sx0, sx1) in enumerate(cols)
+    ]
 
 
 def _check_inside(win: Window, height: int, width: int, what: str) -> None:

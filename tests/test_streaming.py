@@ -134,6 +134,56 @@ def test_plan_chunks_tiles_exactly_once_and_src_is_window_union(size, chunk):
     assert (cover == 1).all()
 
 
+def brute_force_plan(h, w, patch, stride, chunk_size):
+    """The plan by its definition: stride-aligned tiles, row-major; src = union of the 2-D grid windows touching out."""
+    step = max(stride, chunk_size // stride * stride)
+    grid = window_grid(h, w, patch, stride)
+    plan = []
+    for y0 in range(0, h, step):
+        for x0 in range(0, w, step):
+            out = Window(y0, x0, min(y0 + step, h), min(x0 + step, w))
+            touching = [g for g in grid if g.y0 < out.y1 and g.y1 > out.y0 and g.x0 < out.x1 and g.x1 > out.x0]
+            src = Window(min(g.y0 for g in touching), min(g.x0 for g in touching),
+                         max(g.y1 for g in touching), max(g.x1 for g in touching))
+            plan.append((len(plan), out, src))
+    return plan
+
+
+# (patch, stride): stride == patch, stride 1, stride not dividing patch, the product's 896/512 scaled down.
+@pytest.mark.parametrize("patch,stride", [(1, 1), (4, 4), (5, 2), (7, 3), (8, 1), (16, 9), (28, 16), (32, 32)])
+def test_plan_chunks_equals_brute_force_definition(patch, stride):
+    sides = [1, 2, patch - 1, patch, patch + 1, 2 * patch + stride - 1, 61]
+    sides = sorted({s for s in sides if s >= 1})
+    chunk_sizes = sorted({1, max(1, stride - 1), stride, stride + 1, 2 * stride, 3 * stride + 1, 1000})
+    for h in sides:
+        for w in sides:
+            for chunk_size in chunk_sizes:
+                got = [(c.index, c.out, c.src) for c in plan_chunks(h, w, patch, stride, chunk_size)]
+                assert got == brute_force_plan(h, w, patch, stride, chunk_size), (h, w, patch, stride, chunk_size)
+
+
+def test_plan_chunks_on_a_huge_raster_matches_per_axis_scan():
+    """200k² px (9604 chunks): every chunk's src equals the scan over the window starts of its row and column."""
+    from factseg_core.windows import window_starts
+
+    h, w, patch, stride = 200_000, 150_001, 896, 512
+    chunks = plan_chunks(h, w, patch, stride, 2048)
+    rows, cols = -(-h // 2048), -(-w // 2048)
+    assert len(chunks) == rows * cols and [c.index for c in chunks] == list(range(len(chunks)))
+
+    def scan(length, a, b):
+        touching = [s for s in window_starts(length, patch, stride) if s < b and s + min(patch, length) > a]
+        return touching[0], touching[-1] + min(patch, length)
+
+    ys = {c.out.y0: scan(h, c.out.y0, c.out.y1) for c in chunks[::cols]}
+    xs = {c.out.x0: scan(w, c.out.x0, c.out.x1) for c in chunks[:cols]}
+    for i, c in enumerate(chunks):
+        assert (c.out.y0, c.out.x0) == (i // cols * 2048, i % cols * 2048)
+        assert c.out.y1 == min(c.out.y0 + 2048, h) and c.out.x1 == min(c.out.x0 + 2048, w)
+        (sy0, sy1), (sx0, sx1) = ys[c.out.y0], xs[c.out.x0]
+        assert c.src == Window(sy0, sx0, sy1, sx1)
+
+
 def test_plan_chunks_rejects_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         plan_chunks(0, 10)

@@ -38,10 +38,11 @@ log = logging.getLogger("factseg.worker")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 DEFAULT_CHUNK_SIZE = 4096  # see README "Chunks": fewer windows computed twice at chunk borders
-#: Bounds on one plan, checked before it is computed (it is computed in the socket thread; a huge plan would
-#: stall pings and cancels): chunks, and chunks × window starts (the engine's planning cost, ~0.3 s per 1e6).
+#: Chunks in one plan, checked before it is computed. Planning is O(chunks + window starts) (~3 µs a chunk), so
+#: this bounds what grows with the chunk count: the plan reply (~60 bytes of JSON a chunk, < 1 MiB), the
+#: plans cached by ``Engine.plan`` (32 of them) and the time the socket thread spends building and encoding one
+#: (~0.1 s, while pings and cancels wait). 200k × 200k px fits at chunk_size 2048, 800k × 800k at 8192.
 MAX_PLAN_CHUNKS = 10_000
-MAX_PLAN_WORK = 4_000_000
 
 
 class JsonFormatter(logging.Formatter):
@@ -424,13 +425,12 @@ class Worker:
         chunk_size = P.check_int(header, "chunk_size", 1, lim.max_chunk_side, self.chunk_size)
         if chunk_size < stride:
             raise P.ProtocolError(f"chunk_size {chunk_size} is smaller than the stride {stride}")
-        estimate = math.ceil(height / chunk_size) * math.ceil(width / chunk_size)
-        work = estimate * (math.ceil(height / stride) + math.ceil(width / stride))
-        if estimate > MAX_PLAN_CHUNKS or work > MAX_PLAN_WORK:
+        step = chunk_size // stride * stride  # the engine's tile side: chunk_size rounded down to the stride
+        count = math.ceil(height / step) * math.ceil(width / step)
+        if count > MAX_PLAN_CHUNKS:
             raise P.ProtocolError(
-                f"{height}×{width} in chunks of {chunk_size} (stride {stride}) makes ~{estimate} chunks, beyond this "
-                f"worker's plan limits ({MAX_PLAN_CHUNKS} chunks, {MAX_PLAN_WORK} chunk×window steps); use a larger "
-                "chunk_size or split the raster",
+                f"{height}×{width} in chunks of {chunk_size} (stride {stride}) makes {count} chunks, beyond this "
+                f"worker's plan limit of {MAX_PLAN_CHUNKS} chunks; use a larger chunk_size or split the raster",
                 "too_large",
             )
         return height, width, patch, stride, chunk_size
