@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, VENV_PYTHON
 from PIL import Image
 from torch import nn
 
@@ -28,8 +29,6 @@ from training.evaluate import (
 )
 from training.evaluate import main as evaluate_main
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 CLASSES4 = ISAID_CLASSES[:4]
 
 

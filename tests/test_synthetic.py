@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, VENV_PYTHON
 from PIL import Image
 
 from factseg_core.classes import ISAID_CLASSES
 from training import synthetic
 from training.isaid import find_pairs, read_labels
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 
 ISAID_COLOURS = {c.color for c in ISAID_CLASSES}
 

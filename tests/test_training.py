@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, VENV_PYTHON
 
 from factseg_core import joint_loss, load_model
 from factseg_core.checkpoint import read_checkpoint
@@ -26,8 +27,6 @@ from training.train import (
     poly_lr,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 TRAIN = ["training/train.py"]
 
 #: The smallest useful setting: ResNet-18 with narrow FPN/decoders, 64-pixel crops.

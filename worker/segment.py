@@ -108,24 +108,23 @@ class RasterSource:
         return pixels, valid
 
 
-def _parse_extent(text: str) -> tuple[float, float, float, float]:
+def _parse_numbers(text: str, count: int, cast: type, what: str) -> tuple:
+    """``count`` comma-separated numbers of type ``cast``, or an argparse error that says what was expected."""
     try:
-        values = tuple(float(v) for v in text.split(","))
+        values = tuple(cast(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"extent must be xmin,ymin,xmax,ymax numbers, got {text!r}") from None
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"extent needs four numbers xmin,ymin,xmax,ymax, got {text!r}")
-    return values  # type: ignore[return-value]
+        values = ()
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+    return values
+
+
+def _parse_extent(text: str) -> tuple[float, float, float, float]:
+    return _parse_numbers(text, 4, float, "extent must be four numbers xmin,ymin,xmax,ymax")
 
 
 def _parse_bands(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bands must be three band numbers R,G,B, got {text!r}") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"bands must be three band numbers R,G,B, got {text!r}")
-    return values  # type: ignore[return-value]
+    return _parse_numbers(text, 3, int, "bands must be three band numbers R,G,B")
 
 
 def build_parser() -> argparse.ArgumentParser:
