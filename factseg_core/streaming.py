@@ -79,9 +79,13 @@ def _axis_windows(length: int, patch: int, stride: int) -> tuple[list[int], int]
     return window_starts(length, patch, stride), min(patch, length)
 
 
-def _touching(starts: Sequence[int], size: int, a: int, b: int) -> list[int]:
-    """Window starts along one axis whose span [s, s+size) intersects [a, b)."""
-    return [s for s in starts if s < b and s + size > a]
+def _touching(starts: Sequence[int], size: int, a: int, b: int) -> Sequence[int]:
+    """Window starts along one axis whose span [s, s+size) intersects [a, b).
+
+    ``starts`` is strictly increasing, so the touching windows (``a - size < s < b``) are one contiguous run,
+    found by bisection in O(log n) instead of a scan; the grid covers every index, so the run is never empty.
+    """
+    return starts[bisect_right(starts, a - size) : bisect_left(starts, b)]
 
 
 def _coverage(length: int, patch: int, stride: int) -> np.ndarray:
@@ -95,14 +99,17 @@ def _coverage(length: int, patch: int, stride: int) -> np.ndarray:
 
 
 def _touching_span(starts: Sequence[int], size: int, a: int, b: int) -> tuple[int, int]:
-    """Span [first start, last start + size) of the windows along one axis that intersect [a, b).
+    """Span [first start, last start + size) of the windows along one axis that intersect [a, b)."""
+    run = _touching(starts, size, a, b)
+    return run[0], run[-1] + size
 
-    ``starts`` is strictly increasing, so the touching windows (``a - size < s < b``) are one contiguous run,
-    found by bisection in O(log n) instead of a scan; the grid covers every index, so the run is never empty.
-    """
-    first = bisect_right(starts, a - size)
-    last = bisect_left(starts, b) - 1
-    return starts[first], starts[last] + size
+
+def windows_touching(image_size: tuple[int, int], out: Window, patch: int = PATCH_SIZE, stride: int = STRIDE) -> int:
+    """How many grid windows intersect ``out`` (before skipping all-nodata ones): the work a chunk costs."""
+    height, width = image_size
+    ys, wh = _axis_windows(height, patch, stride)
+    xs, ww = _axis_windows(width, patch, stride)
+    return len(_touching(ys, wh, out.y0, out.y1)) * len(_touching(xs, ww, out.x0, out.x1))
 
 
 def source_window(image_size: tuple[int, int], out: Window, patch: int = PATCH_SIZE, stride: int = STRIDE) -> Window:

@@ -22,6 +22,7 @@ from factseg_core.streaming import (
     predict_chunk,
     source_window,
     stream_predict,
+    windows_touching,
 )
 from factseg_core.windows import Window, window_grid
 
@@ -426,3 +427,12 @@ def test_cpu_bf16_is_an_approximate_opt_in(narrow_model):
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 64), atol=1e-5, rtol=0)  # fusion stays float32
     classes, _ = run_stream(runner, img)
     assert (classes == ref.argmax(0)).mean() > 0.95
+
+
+@pytest.mark.parametrize("size, patch, stride", [((150, 200), 64, 32), ((61, 7), 16, 9), ((1, 300), 28, 16)])
+def test_windows_touching_counts_the_grid_windows_of_each_chunk(size, patch, stride):
+    grid = window_grid(*size, patch, stride)
+    for chunk in plan_chunks(*size, patch, stride, chunk_size=stride):
+        o = chunk.out
+        expected = sum(1 for w in grid if w.y0 < o.y1 and w.y1 > o.y0 and w.x0 < o.x1 and w.x1 > o.x0)
+        assert windows_touching(size, o, patch, stride) == expected

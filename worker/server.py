@@ -212,15 +212,11 @@ class Engine:
 
     def count_batches(self, job: Job) -> int:
         """Forward passes a chunk needs at most (windows touching ``out``; all-nodata windows are skipped)."""
-        from factseg_core.windows import window_starts
+        from factseg_core.windows import Window
 
-        def touching(length: int, a: int, b: int) -> int:
-            size = min(job.patch, length)
-            return sum(1 for s in window_starts(length, job.patch, job.stride) if s < b and s + size > a)
-
-        (height, width), (oy0, ox0, oy1, ox1) = job.image_size, job.out
+        windows = self._streaming.windows_touching(job.image_size, Window(*job.out), job.patch, job.stride)
         per_call = self._streaming.effective_batch_size(self.runner, self.batch_size)
-        return max(1, math.ceil(touching(height, oy0, oy1) * touching(width, ox0, ox1) / per_call))
+        return max(1, math.ceil(windows / per_call))
 
     def predict(self, job: Job, should_stop: Any, on_batch: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Classes (and confidence) of one chunk; ``should_stop()`` is polled before every batch."""
