@@ -8,11 +8,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from conftest import REPO_ROOT, VENV_PYTHON
 from osgeo import gdal, osr
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 PATCH, STRIDE = 128, 64
+#: Geotransforms of the test rasters: 0.5 m UTM pixels, and ~0.5 m pixels in EPSG:4326.
+UTM_GT = (500000.0, 0.5, 0.0, 4000000.0, 0.0, -0.5)
+GEO_GT = (15.0, 5e-6, 0.0, 45.0, 0.0, -5e-6)
 
 
 def scene(height: int, width: int, bands: int = 3, seed: int = 0, scale: float = 255.0) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from osgeo import gdal
-from plugin_support import scene, write_geotiff
+from plugin_support import UTM_GT, scene, write_geotiff
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
@@ -20,8 +20,6 @@ from qgis.core import (
 
 pytestmark = pytest.mark.qgis
 
-UTM_GT = (500000.0, 0.5, 0.0, 4000000.0, 0.0, -0.5)
-GEO_GT = (15.0, 5e-6, 0.0, 45.0, 0.0, -5e-6)
 
 
 @pytest.fixture()

@@ -7,13 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from plugin_support import PATCH, STRIDE, read_classes, scene, start_worker, write_geotiff
+from plugin_support import PATCH, STRIDE, UTM_GT, read_classes, scene, start_worker, write_geotiff
 from qgis.core import Qgis, QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 
 pytestmark = pytest.mark.qgis
 
-UTM_GT = (500000.0, 0.5, 0.0, 4000000.0, 0.0, -0.5)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 from plugin_support import (
+    GEO_GT,
     PATCH,
     STRIDE,
+    UTM_GT,
     build_plugin_zip,
     read_classes,
     reference_classes,
@@ -27,8 +29,6 @@ from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedb
 
 pytestmark = pytest.mark.qgis
 
-UTM_GT = (500000.0, 0.5, 0.0, 4000000.0, 0.0, -0.5)
-GEO_GT = (15.0, 5e-6, 0.0, 45.0, 0.0, -5e-6)
 
 
 @pytest.fixture(scope="module")
