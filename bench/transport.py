@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._common import free_tcp, random_checkpoint  # noqa: E402
-from worker import protocol as P  # noqa: E402
+from worker.client import protocol as P  # noqa: E402
 from worker.client import start_local_worker  # noqa: E402
 
 

@@ -37,7 +37,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from worker.client import WorkerClient
-from worker.protocol import WorkerError
+from worker.client.protocol import WorkerError
 
 from .errors import FactSegError
 from .grid import ground_metres_per_unit, native_resolution

@@ -23,9 +23,9 @@ from qgis.core import (
 )
 
 from worker.client import WorkerClient
-from worker.protocol import RemoteError, SegmentationCancelled, WorkerError, WorkerUnavailable
-from worker.raster_output import ClassRasterWriter
-from worker.vectorize import class_statistics, polygonize_classes
+from worker.client.protocol import RemoteError, SegmentationCancelled, WorkerError, WorkerUnavailable
+from worker.io.raster_output import ClassRasterWriter
+from worker.io.vectorize import class_statistics, polygonize_classes
 
 from .aoi import PolygonMask, union_of
 from .errors import FactSegError, JobCancelled

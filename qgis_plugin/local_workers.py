@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.client import LocalWorker, start_local_worker
-from worker.protocol import WorkerError
+from worker.client.protocol import WorkerError
 
 from .errors import FactSegError
 from .settings import plugin_root

@@ -22,7 +22,7 @@ def ensure_worker_importable() -> None:
         # Already loaded from elsewhere (e.g. a FactSeg checkout on PYTHONPATH): fine if it is FactSeg's.
         try:
             import worker.client  # noqa: F401
-            import worker.raster_output  # noqa: F401
+            import worker.io.raster_output  # noqa: F401
         except ImportError as exc:
             raise ImportError(
                 f"FactSeg: another Python package named 'worker' is already loaded (from {origin}) and it is "
@@ -30,9 +30,9 @@ def ensure_worker_importable() -> None:
     sys.path.insert(0, root)
     try:
         import worker.client  # noqa: F401
-        import worker.protocol  # noqa: F401
-        import worker.raster_output  # noqa: F401
-        import worker.vectorize  # noqa: F401
+        import worker.client.protocol  # noqa: F401
+        import worker.io.raster_output  # noqa: F401
+        import worker.io.vectorize  # noqa: F401
     finally:
         sys.path.remove(root)
         if root not in sys.path:

@@ -29,7 +29,7 @@ from factseg_core.classes import classes_from_dicts  # noqa: E402
 from scripts.preview import write_preview  # noqa: E402
 from training.evaluate import confusion_matrix, format_table, summarize  # noqa: E402
 from worker.client import start_local_worker  # noqa: E402
-from worker.raster_output import read_class_table  # noqa: E402
+from worker.io.raster_output import read_class_table  # noqa: E402
 
 gdal.UseExceptions()
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"

@@ -26,7 +26,7 @@ def test_zip_layout(plugin_zip):
     assert all(n.startswith("factseg/") for n in names), names
     for required in ("factseg/__init__.py", "factseg/metadata.txt", "factseg/icon.png", "factseg/plugin.py",
                      "factseg/processing_provider/segment_algorithm.py", "factseg/worker/__main__.py",
-                     "factseg/worker/client.py", "factseg/worker/server.py", "factseg/factseg_core/model.py"):
+                     "factseg/worker/client/client.py", "factseg/worker/server/service.py", "factseg/factseg_core/model.py"):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker import protocol as P
+from worker.client import protocol as P
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,7 +144,7 @@ def test_loopback_detection(endpoint: str, loopback: bool) -> None:
 def test_client_side_modules_import_no_torch() -> None:
     """QGIS's Python has no torch: the protocol, the client (and the package) must import without it."""
     code = (
-        "import sys, worker, worker.protocol, worker.client\n"
+        "import sys, worker, worker.client.protocol, worker.client\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime', 'onnx', 'factseg_core'))\n"
         "assert not bad, bad\n"
     )

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
-from worker.raster_output import ClassRasterWriter, confidence_path, partial_path, read_class_table
-from worker.vectorize import class_statistics, pixel_areas_m2, polygonize_classes
+from worker.io.raster_output import ClassRasterWriter, confidence_path, partial_path, read_class_table
+from worker.io.vectorize import class_statistics, pixel_areas_m2, polygonize_classes
 
 CLASSES = [
     {"id": 0, "name": "background", "color": [0, 0, 0]},

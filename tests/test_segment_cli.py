@@ -11,7 +11,7 @@ import pytest
 from osgeo import gdal, osr
 from test_worker import PYTHON, REPO, free_tcp_endpoint, reference, start_worker
 
-from worker.raster_output import partial_path
+from worker.io.raster_output import partial_path
 
 gdal.UseExceptions()
 GT = (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from worker.client import LocalWorker, WorkerClient, start_local_worker
-from worker.protocol import PROTOCOL_VERSION, RemoteError, SegmentationCancelled
+from worker.client.protocol import PROTOCOL_VERSION, RemoteError, SegmentationCancelled
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -187,7 +187,7 @@ def test_cancel_stops_the_work_on_the_worker(tcp_worker: LocalWorker) -> None:
 
 
 def test_fair_queue_round_robins_between_clients() -> None:
-    from worker.server import FairQueue, Job
+    from worker.server.service import FairQueue, Job
 
     def job(client: bytes, request: str, index: int) -> Job:
         return Job(client, [], "", request, index, (64, 64), (0, 0, 64, 64), (0, 0, 64, 64), 64, 32, False, False,

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_worker import free_tcp_endpoint, image, reference, start_worker
 
-from worker import protocol as P
 from worker.client import WorkerClient
-from worker.protocol import WorkerUnavailable
+from worker.client import protocol as P
+from worker.client.protocol import WorkerUnavailable
 
 MAX_MB = 1  # the fuzzed worker accepts array frames up to 1 MiB, so "too big" is cheap to send
 

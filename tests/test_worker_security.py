@@ -11,8 +11,8 @@ import zmq
 from test_worker import PYTHON, REPO
 
 from worker.client import WorkerClient, start_local_worker
+from worker.client.protocol import WorkerUnavailable
 from worker.keys import generate, load_client_keys, load_public_key
-from worker.protocol import WorkerUnavailable
 
 
 def _free_port() -> int:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import protocol as P
+from ..client import protocol as P
 
 log = logging.getLogger("factseg.worker")
 

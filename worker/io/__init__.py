@@ -1,0 +1,1 @@
+"""GDAL raster input and output, polygons and statistics (no torch): runs inside QGIS and in the worker."""
