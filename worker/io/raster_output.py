@@ -66,6 +66,7 @@ class ClassRasterWriter:
         crs_wkt: str,
         classes: Sequence[dict],
         confidence: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"output raster must have a positive size, got {width}×{height}")
@@ -85,6 +86,8 @@ class ClassRasterWriter:
                 ds.SetGeoTransform(tuple(float(v) for v in geotransform))
                 if crs_wkt:
                     ds.SetProjection(crs_wkt)
+                if metadata:
+                    ds.SetMetadata(dict(metadata))  # dataset-level items (e.g. worker.batch's record of the run)
                 band = ds.GetRasterBand(1)
                 if index == 0:
                     band.SetNoDataValue(NODATA)
@@ -114,6 +117,11 @@ class ClassRasterWriter:
                 raise ValueError("this writer was opened with confidence=True: pass the confidence block")
             conf = np.where(classes == NODATA, -1.0, np.asarray(confidence, dtype=np.float32)).astype(np.float32)
             self._dataset(1).GetRasterBand(1).WriteArray(conf, xoff=int(x0), yoff=int(y0))
+
+    def flush(self) -> None:
+        """Put every block written so far into the partial files (a resumable run records what is on disk)."""
+        for index in range(len(self._datasets)):
+            self._dataset(index).FlushCache()
 
     def _dataset(self, index: int) -> gdal.Dataset:
         ds = self._datasets[index] if index < len(self._datasets) else None
