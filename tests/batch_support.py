@@ -42,7 +42,8 @@ def write_scene(path: Path, seed: int, height: int, width: int, nodata_corner: b
 
 
 def read_classes(path: Path) -> np.ndarray:
-    return gdal.Open(str(path)).GetRasterBand(1).ReadAsArray()
+    ds = gdal.Open(str(path))  # kept alive while its band is read (GDAL's Python bindings need that)
+    return ds.GetRasterBand(1).ReadAsArray()
 
 
 def env() -> dict[str, str]:

@@ -119,9 +119,15 @@ class ClassRasterWriter:
             self._dataset(1).GetRasterBand(1).WriteArray(conf, xoff=int(x0), yoff=int(y0))
 
     def flush(self) -> None:
-        """Put every block written so far into the partial files (a resumable run records what is on disk)."""
-        for index in range(len(self._datasets)):
+        """Make every block written so far durable in the partial files (a resumable run records what is on disk).
+
+        GDAL's FlushCache can leave the last bytes in its file buffer, lost if the process is killed; closing
+        the dataset writes them through, so each partial file is closed and opened again for update.
+        """
+        for index, target in enumerate(self._targets):
             self._dataset(index).FlushCache()
+            self._datasets[index] = None
+            self._datasets[index] = gdal.Open(str(partial_path(target)), gdal.GA_Update)
 
     def _dataset(self, index: int) -> gdal.Dataset:
         ds = self._datasets[index] if index < len(self._datasets) else None
