@@ -84,12 +84,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything after argument parsing; returns the statistics. Raises InputError/ClusterError before work."""
+    from . import engine
     from .cluster import ClusterError, dashboard_link, open_client
     from .inputs import expand_inputs, plan_outputs
     from .run import BatchOptions, BatchRun, prepare_job
     from .tasks import ModelPlugin, describe_model, file_sha256
-
-    from . import engine
 
     started = time.monotonic()
     args.chunk_size = args.chunk_size or engine.CHUNK_SIZE

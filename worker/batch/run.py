@@ -59,12 +59,13 @@ class RasterJob:
     output: RasterOutput | None = None
     workers: collections.Counter = field(default_factory=collections.Counter)
     computed: int = 0
+    compute_s: float = 0.0  # time inside the chunk tasks (reading the window + inference), summed
     seconds: float = 0.0
     started: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {"input": self.input, "output": str(self.final), "status": self.status, "message": self.message,
-                "chunks": len(self.chunks), "computed": self.computed,
+                "chunks": len(self.chunks), "computed": self.computed, "compute_s": round(self.compute_s, 3),
                 "resumed": self.output.resumed if self.output else 0, "workers": dict(self.workers),
                 "seconds": round(self.seconds, 3)}
 
@@ -198,6 +199,7 @@ class BatchRun:
             self._fail(job, f"cannot write chunk {chunk.index} of {job.final}: {exc}")
             return
         job.computed += 1
+        job.compute_s += result.seconds
         job.workers[result.worker] += 1
         self.workers[result.worker] += 1
         self.on_progress(1, None)

@@ -89,12 +89,17 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         if self.gpus and self.device != "cpu":
             self._pin_gpu(worker)
+        self.use_threads()
+        self.runner = _load_runner(self.model_path, self.sha256, self.backend, self.device, worker.address)
+        self.description = {**engine.describe_runner(self.runner), "worker": worker.address}
+
+    def use_threads(self) -> None:
+        """Torch CPU threads for the calling thread: OpenMP's count is per thread, and tasks run in Dask's own."""
         if self.threads:
             import torch
 
-            torch.set_num_threads(int(self.threads))
-        self.runner = _load_runner(self.model_path, self.sha256, self.backend, self.device, worker.address)
-        self.description = {**engine.describe_runner(self.runner), "worker": worker.address}
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(int(self.threads))
 
     def _pin_gpu(self, worker: Any) -> None:
         import torch
@@ -158,6 +163,7 @@ def segment_chunk(name: str, spec: SourceSpec, chunk: engine.ChunkSpec, options:
     """Read the chunk's source window, predict its out window; the Dask task of one chunk."""
     started = time.perf_counter()
     plugin = _plugin(name)
+    plugin.use_threads()
     address = get_worker().address
     pixels, valid = _open_source(spec).read(*chunk.src)
     oy0, ox0, oy1, ox1 = chunk.out
