@@ -11,34 +11,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal
 
 gdal.UseExceptions()
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 DASK = str(REPO / ".venv" / "bin" / "dask")
-GT = (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5)
 #: Tiny windows so that a few small rasters make enough chunks for two workers.
 PATCH, STRIDE = 64, 32
 
 
 def write_scene(path: Path, seed: int, height: int, width: int, nodata_corner: bool = False) -> Path:
-    """An 8-bit RGB GeoTIFF in UTM 33N; optionally with a nodata (0) corner."""
+    """An 8-bit RGB GeoTIFF in UTM 33N (test_segment_cli's writer); optionally with a nodata (0) corner."""
+    from test_segment_cli import write_rgb
+
     pixels = np.random.default_rng(seed).integers(1, 256, (height, width, 3), dtype=np.uint8)
     if nodata_corner:
         pixels[height * 2 // 3 :, : width // 4] = 0
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform(GT)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds.SetProjection(srs.ExportToWkt())
-    for i in range(3):
-        band = ds.GetRasterBand(i + 1)
-        band.WriteArray(pixels[:, :, i])
-        if nodata_corner:
-            band.SetNoDataValue(0)
-    ds = None
-    return path
+    return write_rgb(path, pixels, nodata=0 if nodata_corner else None)
 
 
 def read_classes(path: Path) -> np.ndarray:

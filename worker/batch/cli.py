@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finals = plan_outputs(inputs, args.out_dir, args.confidence, args.vector)
     sha256 = file_sha256(model)
     with open_client(args.scheduler, args.local_workers, args.device, args.threads) as (client, settings):
-        link = dashboard_link(client)
+        link = dashboard_link(client, local=not args.scheduler)
         if link:
             print(f"batch: Dask dashboard at {link}", file=sys.stderr)
         plugin = ModelPlugin(str(model.resolve()), sha256, args.backend, args.device, settings.threads, settings.gpus)

@@ -6,6 +6,7 @@ when there are GPUs); CPU workers share the cores between them (``torch`` thread
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -43,8 +44,10 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def dashboard_link(client: Client) -> str | None:
+def dashboard_link(client: Client, local: bool) -> str | None:
     """The scheduler's dashboard address, when it serves one (it needs bokeh installed beside distributed)."""
+    if local and importlib.util.find_spec("bokeh") is None:
+        return None  # the HTTP server runs (health, metrics) but without bokeh it has no dashboard pages
     try:
         if "dashboard" not in client.scheduler_info().get("services", {}):
             return None
@@ -73,8 +76,8 @@ def open_client(scheduler: str | None, local_workers: int, device: str, threads:
         if not gpus:
             threads = threads or max(1, cpu_count() // local_workers)
         settings = WorkerSettings(threads, gpus)
-        cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True,
-                               silence_logs=logging.ERROR, dashboard_address=":8787")
+        cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               silence_logs=logging.ERROR, dashboard_address="127.0.0.1:8787")
         client = Client(cluster)
     try:
         try:

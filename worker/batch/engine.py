@@ -6,7 +6,6 @@ run and ``python -m worker.segment`` through one worker decide every pixel the s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,8 @@ from factseg_core.config import NODATA_CLASS, PATCH_SIZE, STRIDE
 from factseg_core.streaming import plan_chunks, predict_chunk
 from factseg_core.windows import Window
 
+from ..client import PlannedChunk
+
 try:
     from factseg_core.config import CHUNK_SIZE
 except ImportError:  # until factseg_core.config carries it: the worker's own default
@@ -24,28 +25,14 @@ except ImportError:  # until factseg_core.config carries it: the worker's own de
 #: Windows per forward pass: the ZeroMQ worker's default (``worker.server.service.Engine``).
 BATCH_SIZE = 4
 
-__all__ = ["BATCH_SIZE", "CHUNK_SIZE", "NODATA_CLASS", "PATCH_SIZE", "STRIDE", "ChunkSpec", "describe_runner",
+__all__ = ["BATCH_SIZE", "CHUNK_SIZE", "NODATA_CLASS", "PATCH_SIZE", "STRIDE", "PlannedChunk", "describe_runner",
            "load_runner", "plan", "predict"]
 
 
-@dataclass(frozen=True)
-class ChunkSpec:
-    """One chunk of the engine's plan as plain tuples (cheap to send to a Dask worker): (y0, x0, y1, x1)."""
-
-    index: int
-    out: tuple[int, int, int, int]
-    src: tuple[int, int, int, int]
-
-    @property
-    def area(self) -> int:
-        y0, x0, y1, x1 = self.out
-        return (y1 - y0) * (x1 - x0)
-
-
-def plan(height: int, width: int, patch: int, stride: int, chunk_size: int) -> list[ChunkSpec]:
+def plan(height: int, width: int, patch: int, stride: int, chunk_size: int) -> list[PlannedChunk]:
     """The chunks of a ``height``×``width`` raster, exactly as the ZeroMQ worker plans them."""
     return [
-        ChunkSpec(c.index, (c.out.y0, c.out.x0, c.out.y1, c.out.x1), (c.src.y0, c.src.x0, c.src.y1, c.src.x1))
+        PlannedChunk(c.index, (c.out.y0, c.out.x0, c.out.y1, c.out.x1), (c.src.y0, c.src.x0, c.src.y1, c.src.x1))
         for c in plan_chunks(height, width, patch=patch, stride=stride, chunk_size=chunk_size)
     ]
 
@@ -70,7 +57,7 @@ def describe_runner(runner: Any) -> dict[str, Any]:
 
 
 def predict(runner: Any, pixels: np.ndarray, valid: np.ndarray | None, image_size: tuple[int, int],
-            chunk: ChunkSpec, patch: int, stride: int, batch_size: int, tta: bool,
+            chunk: PlannedChunk, patch: int, stride: int, batch_size: int, tta: bool,
             confidence: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Classes (uint8, 255 = nodata) and optional confidence of ``chunk`` from the pixels of its source window."""
     return predict_chunk(runner, pixels, valid, image_size=image_size, src=Window(*chunk.src),

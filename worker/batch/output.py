@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from ..client import PlannedChunk
 from ..io.raster_output import ClassRasterWriter, confidence_path, partial_path
-from .engine import ChunkSpec
 from .journal import RECORD_KEY, Journal, RunRecord, journal_path, resume_path
 
 #: Seconds between two flushes + journal writes (what a killed run can lose, at most).
@@ -42,7 +42,7 @@ class RasterOutput:
     """The output of one input raster: which chunks are written, the writer, the journal."""
 
     def __init__(self, final: Path, grid: RasterGrid, classes: Sequence[dict], record: RunRecord,
-                 chunk_size: int, chunks: Sequence[ChunkSpec], checkpoint_s: float = CHECKPOINT_S) -> None:
+                 chunk_size: int, chunks: Sequence[PlannedChunk], checkpoint_s: float = CHECKPOINT_S) -> None:
         self.final, self.grid, self.classes, self.record = final, grid, [dict(c) for c in classes], record
         self.chunk_size, self.chunks = chunk_size, list(chunks)
         self.checkpoint_s = checkpoint_s
@@ -108,7 +108,7 @@ class RasterOutput:
                 path.unlink(missing_ok=True)
         return True
 
-    def write(self, chunk: ChunkSpec, classes: np.ndarray, confidence: np.ndarray | None) -> None:
+    def write(self, chunk: PlannedChunk, classes: np.ndarray, confidence: np.ndarray | None) -> None:
         """Write one finished chunk; every ``checkpoint_s`` the partial files are flushed and journalled."""
         if self._writer is None:
             raise RuntimeError(f"{self.final}: output is not open")

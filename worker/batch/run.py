@@ -17,6 +17,7 @@ from typing import Any
 
 from distributed import Client, Future, as_completed
 
+from ..client import PlannedChunk
 from ..io.raster_output import confidence_path
 from ..io.raster_source import InputError
 from . import engine
@@ -55,7 +56,7 @@ class RasterJob:
     message: str = ""
     meta: RasterMeta | None = None
     record: RunRecord | None = None
-    chunks: list[engine.ChunkSpec] = field(default_factory=list)
+    chunks: list[PlannedChunk] = field(default_factory=list)
     output: RasterOutput | None = None
     workers: collections.Counter = field(default_factory=collections.Counter)
     computed: int = 0
@@ -104,7 +105,7 @@ class BatchRun:
         self.client, self.plugin, self.jobs, self.options = client, plugin, list(jobs), options
         self.classes = [dict(c) for c in classes]
         self.on_progress = on_progress or (lambda chunks, job: None)
-        self.futures: dict[Future, tuple[RasterJob, engine.ChunkSpec]] = {}
+        self.futures: dict[Future, tuple[RasterJob, PlannedChunk]] = {}
         self.workers: collections.Counter = collections.Counter()
         self._slots = (0.0, 4)
         self._chunk_options = ChunkOptions(options.patch, options.stride, options.batch_size, options.tta,
@@ -138,7 +139,7 @@ class BatchRun:
             self._slots = (time.monotonic(), slots)
         return slots
 
-    def _pending_chunks(self) -> Iterator[tuple[RasterJob, engine.ChunkSpec]]:
+    def _pending_chunks(self) -> Iterator[tuple[RasterJob, PlannedChunk]]:
         """Chunks still to compute, raster by raster; a raster's output is opened when its turn comes."""
         for job in self.jobs:
             if job.status != "todo":
@@ -167,7 +168,7 @@ class BatchRun:
             return False
         return True
 
-    def _fill(self, pending: Iterator[tuple[RasterJob, engine.ChunkSpec]], completed: as_completed) -> None:
+    def _fill(self, pending: Iterator[tuple[RasterJob, PlannedChunk]], completed: as_completed) -> None:
         while len(self.futures) < self._max_in_flight():
             entry = next(pending, None)
             if entry is None:
@@ -185,7 +186,7 @@ class BatchRun:
         text = f"{job.input}|{job.record.to_json()}|{self.options.chunk_size}"
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
-    def _collect(self, future: Future, job: RasterJob, chunk: engine.ChunkSpec) -> None:
+    def _collect(self, future: Future, job: RasterJob, chunk: PlannedChunk) -> None:
         if job.status != "todo" or future.status == "cancelled":
             return
         if future.status == "error":

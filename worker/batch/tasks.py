@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 
+from ..client import PlannedChunk
 from ..io.raster_source import InputError, RasterSource
 from . import engine
 
@@ -159,7 +160,7 @@ def _open_source(spec: SourceSpec) -> RasterSource:
     return source
 
 
-def segment_chunk(name: str, spec: SourceSpec, chunk: engine.ChunkSpec, options: ChunkOptions) -> ChunkResult:
+def segment_chunk(name: str, spec: SourceSpec, chunk: PlannedChunk, options: ChunkOptions) -> ChunkResult:
     """Read the chunk's source window, predict its out window; the Dask task of one chunk."""
     started = time.perf_counter()
     plugin = _plugin(name)
