@@ -199,3 +199,57 @@ def test_a_file_not_written_by_batch_is_never_replaced(scenes, tmp_path: Path) -
     job = prepare_job(0, str(scenes / "scene0.tif"), foreign, options)
     assert job.status == "failed" and "not written by worker.batch" in job.message
     assert foreign.read_bytes() == before
+
+
+def test_an_unreadable_partial_file_is_recomputed_not_trusted(tmp_path: Path) -> None:
+    from worker.batch.engine import plan
+    from worker.batch.journal import RunRecord
+    from worker.batch.output import RasterGrid, RasterOutput
+    from worker.io.raster_output import partial_path
+
+    classes = [{"id": 0, "name": "background", "color": [0, 0, 0]}, {"id": 1, "name": "ship", "color": [255, 0, 0]}]
+    grid = RasterGrid(96, 128, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "")
+    record = RunRecord("ab" * 32, "m.pt", "torch", PATCH, STRIDE, (1, 2, 3), False, False, (96, 128))
+    chunks = plan(96, 128, PATCH, STRIDE, 32)
+    final = tmp_path / "x.tif"
+
+    def block(chunk) -> np.ndarray:
+        y0, x0, y1, x1 = chunk.out
+        return np.full((y1 - y0, x1 - x0), chunk.index % 2, np.uint8)
+
+    first = RasterOutput(final, grid, classes, record, 32, chunks)
+    first.open()
+    for chunk in chunks[:5]:
+        first.write(chunk, block(chunk), None)
+    first.checkpoint()
+    del first  # as if killed after the checkpoint
+    again = RasterOutput(final, grid, classes, record, 32, chunks)
+    again.open()
+    assert again.resumed == 5 and again.done == {c.index for c in chunks[:5]}
+    for chunk in chunks[5:]:
+        again.write(chunk, block(chunk), None)
+    again.commit()
+    written = read_classes(final)
+    for chunk in chunks:
+        y0, x0, y1, x1 = chunk.out
+        assert (written[y0:y1, x0:x1] == chunk.index % 2).all()
+
+    broken = RasterOutput(tmp_path / "y.tif", grid, classes, record, 32, chunks)
+    broken.open()
+    broken.write(chunks[0], block(chunks[0]), None)
+    broken.checkpoint()
+    del broken
+    partial_path(tmp_path / "y.tif").write_bytes(b"not a tiff")
+    fresh = RasterOutput(tmp_path / "y.tif", grid, classes, record, 32, chunks)
+    fresh.open()
+    assert fresh.resumed == 0 and fresh.done == set()
+
+
+@pytest.mark.cuda
+def test_local_cuda_workers_write_complete_outputs(scenes, tiny_checkpoint, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    stats = run_batch([str(scenes)], tmp_path / "out", tiny_checkpoint, "--device", "cuda", "--local-workers",
+                      str(torch.cuda.device_count()))
+    assert [r["status"] for r in stats["rasters"]] == ["done"] * len(SIZES) and stats["device"] == "cuda"
