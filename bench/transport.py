@@ -36,7 +36,7 @@ from worker.client import start_local_worker  # noqa: E402
 
 def interior_chunk(chunk_size: int, patch: int, stride: int) -> tuple[list[int], dict]:
     """An image of 3×3 chunks and the header of its middle chunk (the largest source window)."""
-    from factseg_core.streaming import plan_chunks
+    from factseg_core.windows import plan_chunks
 
     side = 3 * chunk_size
     chunks = plan_chunks(side, side, patch, stride, chunk_size)
