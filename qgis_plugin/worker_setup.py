@@ -142,9 +142,10 @@ class SetupWorkerTask(QgsTask):
         """On the main thread: store the new default worker Python, tell the dialog."""
         if result and self.python and self.make_default:
             set_default_worker_python(self.python)
-        if result:
-            self.message = (f"The worker Python {self.python} is ready ({self.check.message if self.check else ''})"
-                            .rstrip(" ()") + ".")
+        if result and self.check is not None:
+            build = "CUDA" if self.check.cuda else "CPU"
+            default = " and is now the default worker Python" if self.make_default else ""
+            self.message = f"The new worker Python {self.python} has torch {self.check.torch} ({build}){default}."
         else:
             self.message = self.error or "Setting up the worker Python was cancelled."
         self.done.emit(bool(result), self.message)
@@ -220,7 +221,8 @@ class SetupWorkerTask(QgsTask):
         self._process = None
         self._check_cancel()
         if code != 0:
-            last = next((line for line in reversed(tail) if line.strip()), "no output")
+            errors = [line for line in tail if line.startswith("ERROR:")]  # pip's first error says the most
+            last = errors[0] if errors else next((line for line in reversed(tail) if line.strip()), "no output")
             raise FactSegError(f"{what.capitalize()} failed (exit code {code}): {last.strip()[:240]}")
 
     def _pump(self, process: subprocess.Popen, tail: list[str], until: float | None) -> None:
