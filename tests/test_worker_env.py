@@ -39,6 +39,24 @@ def test_the_project_python_can_run_the_worker(qgis_app) -> None:
     assert "can run the worker: torch 2.13.0" in check.message
 
 
+def test_check_python_task_reports_on_the_main_thread(qgis_app, bare_venv) -> None:
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.worker_env import CheckPythonTask
+
+    tasks = [CheckPythonTask(PYTHON), CheckPythonTask(bare_venv)]
+    delivered: dict[str, object] = {}
+    for task in tasks:
+        task.checked.connect(lambda check: delivered.__setitem__(check.python, check))
+        QgsApplication.taskManager().addTask(task)
+    deadline = time.monotonic() + 120
+    while len(delivered) < 2 and time.monotonic() < deadline:
+        qgis_app.processEvents()
+        time.sleep(0.02)
+    assert delivered[PYTHON].ok and delivered[PYTHON].torch
+    assert not delivered[bare_venv].ok and "lacks torch" in delivered[bare_venv].message
+
+
 def test_a_python_without_the_stack_says_what_is_missing(qgis_app, bare_venv) -> None:
     from qgis_plugin.worker_env import check_worker_python
 
