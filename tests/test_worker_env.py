@@ -189,6 +189,12 @@ def test_an_existing_folder_is_never_reused(qgis_app, tmp_path) -> None:
     from qgis_plugin.worker_setup import free_env_dir
 
     assert free_env_dir(tmp_path / "env") == tmp_path / "env-2"
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.worker_env import default_env_dir
+
+    profile = Path(QgsApplication.qgisSettingsDirPath()).resolve()
+    assert default_env_dir().resolve() == profile / "factseg" / "worker-python"
 
 
 def _torch_wheels(python_version: str) -> Path:
