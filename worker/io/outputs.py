@@ -116,12 +116,18 @@ class OutputSet:
         return list(self._finals)
 
     def add(self, final: PathLike) -> Path:
-        """Register ``final`` and return the partial path to write it under (a stale partial is removed)."""
+        """Register ``final`` and return the partial path to write it under.
+
+        A stale partial (left by a killed run) is removed on first registration; registering the same final path
+        again returns the same partial without touching it, so a caller may register every output up front and
+        a writer given the set may register it again.
+        """
         if self.committed:
             raise RuntimeError("this OutputSet is already committed")
         final = Path(final)
-        if any(_same_file(final, f) for f in self._finals):
-            raise OutputPathError(f"output {final} is registered twice")
+        for known in self._finals:
+            if known == final or _same_file(final, known):
+                return partial_path(known)
         partial = partial_path(final)
         if partial.is_dir():
             raise OutputPathError(f"cannot write {final}: a folder {partial} is in the way of its temporary file")
@@ -168,10 +174,11 @@ class OutputSet:
         self.committed = True
         return self.finals
 
-    def discard(self) -> None:
-        """Remove every partial file and its sidecars (safe to call more than once; final files untouched)."""
-        for final in self._finals:
-            partial = partial_path(final)
+    def discard(self, final: PathLike | None = None) -> None:
+        """Remove the partial files and their sidecars: of every output, or of ``final`` only (safe to call more
+        than once; files under final names are never touched)."""
+        for known in self._finals if final is None else [Path(final)]:
+            partial = partial_path(known)
             _remove([partial, *sidecars(partial)])
 
     def __enter__(self) -> OutputSet:

@@ -19,7 +19,7 @@ from types import TracebackType
 import numpy as np
 from osgeo import gdal
 
-from .outputs import OutputSet, partial_path, sidecars
+from .outputs import OutputSet, partial_path
 
 gdal.UseExceptions()
 
@@ -190,9 +190,8 @@ class ClassRasterWriter:
     def abort(self) -> None:
         """Discard everything this writer wrote (safe to call more than once)."""
         self._close()
-        for partial in self._partials:
-            for path in (partial, *sidecars(partial)):
-                path.unlink(missing_ok=True)
+        for target in self._targets:
+            self.outputs.discard(target)
 
     def _close(self) -> None:
         self._datasets = [None for _ in self._datasets]
