@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         return _fail(EXIT_FAILED, f"cannot write{where}: {exc.strerror or exc}; no output written")
-    except Exception as exc:  # GDAL/OGR raise RuntimeError (disk full, driver errors); never a traceback
+    except RuntimeError as exc:  # GDAL/OGR: disk full, driver errors
+        return _fail(EXIT_FAILED, f"failed: {_first_line(exc)}; no output written")
+    except Exception as exc:  # a bug: still one sentence, never a traceback
         return _fail(EXIT_FAILED, f"failed ({type(exc).__name__}: {_first_line(exc)}); no output written")
     _print_summary(stats, args)
     return 0
