@@ -89,9 +89,12 @@ BAD_OPTIONS: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "one_key_only": (lambda s, t: [str(s), str(t / "o.tif"), "--server-key", str(s)], "needs both"),
     "garbage_key": (lambda s, t: [str(s), str(t / "o.tif"), "--server-key", str(_garbage_key(t)),
                                   "--client-key", str(_garbage_key(t))], "holds no usable public key"),
-    "zero_patch": (lambda s, t: [str(s), str(t / "o.tif"), "--patch", "0"], "at least 1"),
+    "zero_patch": (lambda s, t: [str(s), str(t / "o.tif"), "--patch", "0"], "whole number of at least 1, got 0"),
     "nan_timeout": (lambda s, t: [str(s), str(t / "o.tif"), "--timeout", "nan"], "seconds between"),
     "negative_retries": (lambda s, t: [str(s), str(t / "o.tif"), "--retries=-1"], "from 0 to 100"),
+    "patch_too_big": (lambda s, t: [str(s), str(t / "o.tif"), "--patch", "100000"],
+                      r"the worker refuses these options: --patch = 100000 is outside \[32, "),
+    "stride_over_patch": (lambda s, t: [str(s), str(t / "o.tif"), "--stride", "100"], "refuses.*--stride = 100"),
     "band_zero": (lambda s, t: [str(s), str(t / "o.tif"), "--bands", "0,1,2"], "start at 1"),
     "band_missing": (lambda s, t: [str(s), str(t / "o.tif"), "--bands", "1,2,7"], "band 7 does not exist"),
     "vector_not_gpkg": (lambda s, t: [str(s), str(t / "o.tif"), "--vector", str(t / "o.shp")], "ending in .gpkg"),
@@ -105,7 +108,7 @@ def test_bad_options_are_refused_before_compute_with_one_sentence(worker, scene,
     build, expected = BAD_OPTIONS[case]
     args = build(scene, tmp_path)
     before = sorted(tmp_path.iterdir())
-    result = run_cli(*args, "--connect", worker.endpoint, *FAST)
+    result = run_cli(*args[:2], "--connect", worker.endpoint, *FAST, *args[2:])  # the case's options win
     assert result.returncode == 2, result.stderr
     assert re.search(expected, one_sentence(result.stderr)), result.stderr
     assert sorted(tmp_path.iterdir()) == before  # nothing written, not even a partial

@@ -18,8 +18,10 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,24 +59,20 @@ def _parse_bands(text: str) -> tuple[int, int, int]:
     return bands
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``), with a sentence saying so otherwise."""
+    expected = f"a whole number from {low} to {high}" if high is not None else f"a whole number of at least {low}"
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
 
-def _retries(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 100, got {text!r}")
-    return value
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -125,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker endpoint, e.g. tcp://127.0.0.1:5555 (repeat for several workers)")
     p.add_argument("--extent", type=_parse_extent, help="xmin,ymin,xmax,ymax in the input's CRS")
     p.add_argument("--bands", type=_parse_bands, help="input bands used as R,G,B (default: by colour interpretation)")
-    p.add_argument("--patch", type=_positive_int, help="window size (default: the worker's)")
-    p.add_argument("--stride", type=_positive_int, help="window stride (default: the worker's)")
-    p.add_argument("--chunk-size", type=_positive_int, help="chunk side sent per request (default: the worker's)")
+    p.add_argument("--patch", type=_whole_number(1), help="window size (default: the worker's)")
+    p.add_argument("--stride", type=_whole_number(1), help="window stride (default: the worker's)")
+    p.add_argument("--chunk-size", type=_whole_number(1), help="chunk side sent per request (default: the worker's)")
     p.add_argument("--vector", help="also write polygons of the objects to this GeoPackage (.gpkg)")
     p.add_argument("--confidence", action="store_true", help="also write OUTPUT_confidence.tif (float32)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (3× slower)")
     p.add_argument("--timeout", type=_seconds, default=60.0, help="seconds without news from a worker before retrying")
-    p.add_argument("--retries", type=_retries, default=3, help="reconnections before giving up")
+    p.add_argument("--retries", type=_whole_number(0, 100), default=3, help="reconnections before giving up")
     p.add_argument("--server-key", type=_key_file, help="the worker's public key file (server.key) for CURVE")
     p.add_argument("--client-key", type=_key_file, help="this client's secret key file (NAME.key_secret) for CURVE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -219,7 +217,7 @@ def _segment(args: argparse.Namespace, source: RasterSource, client: Any, output
         if bar is not None:
             bar.update(100 * fraction - bar.n)
 
-    classes = client.info()["classes"]
+    classes = _check_options_with_worker(client, source, args)
     writer = ClassRasterWriter(args.output, source.width, source.height, source.out_geotransform, source.crs_wkt,
                                classes, confidence=args.confidence, outputs=outputs)
     try:
@@ -242,6 +240,23 @@ def _segment(args: argparse.Namespace, source: RasterSource, client: Any, output
     if args.stats_json:
         outputs.partial(args.stats_json).write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def _check_options_with_worker(client: Any, source: RasterSource, args: argparse.Namespace) -> list[dict]:
+    """Ask the worker to plan the job before anything is computed, so options it refuses are a usage error
+    (exit 2) in the CLI's words, not a failure mid-run. Returns the worker's class table."""
+    from .client.protocol import RemoteError
+
+    info = client.info()
+    patch, stride = args.patch or info["patch"], args.stride or info["stride"]
+    try:
+        client.plan(source.height, source.width, patch, stride, args.chunk_size or info.get("chunk_size", 4096))
+    except RemoteError as exc:
+        if exc.code not in ("bad_header", "too_large"):
+            raise
+        reason = re.sub(r"header field '(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), exc.message)
+        raise InputError(f"the worker refuses these options: {reason.rstrip('.')}") from None
+    return info["classes"]
 
 
 def _print_summary(stats: dict[str, Any], args: argparse.Namespace) -> None:
@@ -290,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(128 + signal.Signals[str(exc)].value,
                      f"terminated by {exc}; the worker was told to stop and no output was written")
     except WorkerError as exc:
-        return _fail(EXIT_FAILED, f"{_first_line(exc)}; no output written")
+        reason = _first_line(exc)
+        return _fail(EXIT_FAILED, f"{reason} (no output written)" if reason.endswith("?") else
+                     f"{reason}; no output written")
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         return _fail(EXIT_FAILED, f"cannot write{where}: {exc.strerror or exc}; no output written")
