@@ -218,15 +218,20 @@ class SlowRun:
         return self.process.returncode, stderr
 
 
-def test_sigterm_mid_run_cancels_the_request_on_the_worker_and_leaves_nothing(worker, scene, tmp_path):
+@pytest.mark.parametrize("signum, code, sentence", [
+    (signal.SIGTERM, 128 + signal.SIGTERM, "terminated by SIGTERM; the worker was told to stop"),
+    (signal.SIGINT, 130, "cancelled; the worker was told to stop"),
+])
+def test_a_signal_mid_run_cancels_the_request_on_the_worker_and_leaves_nothing(worker, scene, tmp_path, signum,
+                                                                              code, sentence):
     output = tmp_path / "classes.tif"
     run = SlowRun(worker, scene, str(output), "--confidence", "--vector", str(tmp_path / "o.gpkg"))
     run.wait_for_first_chunk()
     assert partial_path(output).exists()
-    run.process.send_signal(signal.SIGTERM)
-    code, stderr = run.finish(timeout_s=60)
-    assert code == 128 + signal.SIGTERM
-    assert "terminated by SIGTERM; the worker was told to stop" in one_sentence(stderr)
+    run.process.send_signal(signum)
+    returncode, stderr = run.finish(timeout_s=60)
+    assert returncode == code
+    assert sentence in one_sentence(stderr)
     assert list(tmp_path.iterdir()) == []
     cancels = [e for e in run.events() if e["event"] == "cancel"]
     assert cancels and cancels[0]["dropped"] + cancels[0]["running"] >= 1  # chunks were still queued or running

@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with WorkerClient(args.connect, timeout_s=args.timeout, retries=args.retries,
                               server_public_key=server_key, client_keys=client_keys) as client:
                 stats = _segment(args, source, client, outputs, bar)
+            _hold_signals()  # from here on the run is complete: a late signal must not split the renames
             outputs.commit()
     finally:
         if bar is not None:
@@ -280,6 +281,13 @@ def _on_signal(signum: int, _frame: Any) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
+def _hold_signals() -> None:
+    """Ignore further SIGINT/SIGTERM/SIGHUP if :func:`main` handles them (not when ``run`` is used as a library)."""
+    for sig in _HANDLED_SIGNALS:
+        if signal.getsignal(sig) is _on_signal:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 _HANDLED_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s)
 
 
@@ -299,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         stats = run(args)
     except (InputError, OutputPathError) as exc:
         return _fail(EXIT_USAGE, str(exc).rstrip("."))
-    except (KeyboardInterrupt, SegmentationCancelled):
+    except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPTED, "cancelled; the worker was told to stop and no output was written")
+    except SegmentationCancelled as exc:
+        return _fail(EXIT_FAILED, f"{_first_line(exc)}; no output written")
     except Terminated as exc:
         return _fail(128 + signal.Signals[str(exc)].value,
                      f"terminated by {exc}; the worker was told to stop and no output was written")
