@@ -189,38 +189,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .client import WorkerClient
 
     source, server_key, client_keys = prepare(args)
+    with OutputSet() as outputs:
+        for path in output_paths(args):
+            outputs.add(path)  # up front: clears partials of killed runs, claims the names
+        with WorkerClient(args.connect, timeout_s=args.timeout, retries=args.retries,
+                          server_public_key=server_key, client_keys=client_keys) as client:
+            stats = _segment(args, source, client, outputs)
+        _hold_signals()  # from here on the run is complete: a late signal must not split the renames
+        outputs.commit()
+    return stats
+
+
+def _segment(args: argparse.Namespace, source: RasterSource, client: Any, outputs: OutputSet) -> dict:
+    """Compute the class raster into ``outputs``, then statistics, polygons and the JSON, all still partial."""
+    from .io.raster_output import ClassRasterWriter
+    from .io.vectorize import class_statistics, polygonize_classes
+
+    classes = _check_options_with_worker(client, source, args)
+    writer = ClassRasterWriter(args.output, source.width, source.height, source.out_geotransform, source.crs_wkt,
+                               classes, confidence=args.confidence, outputs=outputs)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=100, unit="%", desc="segment", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
-    try:
-        with OutputSet() as outputs:
-            for path in output_paths(args):
-                outputs.add(path)  # up front: clears partials of killed runs, claims the names
-            with WorkerClient(args.connect, timeout_s=args.timeout, retries=args.retries,
-                              server_public_key=server_key, client_keys=client_keys) as client:
-                stats = _segment(args, source, client, outputs, bar)
-            _hold_signals()  # from here on the run is complete: a late signal must not split the renames
-            outputs.commit()
-    finally:
-        if bar is not None:
-            bar.close()
-    return stats
-
-
-def _segment(args: argparse.Namespace, source: RasterSource, client: Any, outputs: OutputSet, bar: Any) -> dict:
-    """Compute the class raster into ``outputs``, then statistics, polygons and the JSON, all still partial."""
-    from .io.raster_output import ClassRasterWriter
-    from .io.vectorize import class_statistics, polygonize_classes
+        # leave=False: erased at the end, so a failure's sentence stands alone; disable=None: no bar when piped
+        bar = tqdm(total=100, unit="%", desc="segment", leave=False, disable=None,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
 
     def progress(fraction: float) -> None:
         if bar is not None:
             bar.update(100 * fraction - bar.n)
 
-    classes = _check_options_with_worker(client, source, args)
-    writer = ClassRasterWriter(args.output, source.width, source.height, source.out_geotransform, source.crs_wkt,
-                               classes, confidence=args.confidence, outputs=outputs)
     try:
         stats = client.segment_raster(
             source.height, source.width, source.read, writer.write, patch=args.patch, stride=args.stride,
@@ -230,6 +229,9 @@ def _segment(args: argparse.Namespace, source: RasterSource, client: Any, output
     except BaseException:
         writer.abort()  # closes the datasets first, so GDAL cannot write a sidecar after the cleanup
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     raster, confidence = writer.written_path, writer.written_confidence_path
     stats["output"] = str(Path(args.output))
     stats["size"] = [source.height, source.width]
