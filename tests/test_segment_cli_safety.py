@@ -133,7 +133,9 @@ def test_output_that_is_the_input_leaves_it_byte_identical(worker, scene, tmp_pa
     (tmp_path / "alias.tif").symlink_to(source)
     confidence_victim = tmp_path / "x_confidence.tif"
     confidence_victim.write_bytes(original)
+    gdal.BuildVRT(str(tmp_path / "mosaic.vrt"), [str(source)]).FlushCache()
     attempts = [
+        [str(tmp_path / "mosaic.vrt"), str(source)],  # a source file of a VRT input is an input too
         [str(source), str(source)],
         [str(source), str(tmp_path / "." / "in.tif")],
         [str(tmp_path / "alias.tif"), str(source)],
@@ -144,7 +146,7 @@ def test_output_that_is_the_input_leaves_it_byte_identical(worker, scene, tmp_pa
         assert result.returncode == 2, result.stderr
         assert "is the input" in one_sentence(result.stderr)
     assert source.read_bytes() == original and confidence_victim.read_bytes() == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.tif", "in.tif", "x_confidence.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.tif", "in.tif", "mosaic.vrt", "x_confidence.tif"]
 
 
 def test_folder_output_leaves_no_partial_and_computes_nothing(worker, scene, tmp_path):
