@@ -155,3 +155,29 @@ def test_discard_of_one_output_keeps_the_others_and_survives_a_folder_in_the_way
         partial_path(tmp_path / "b.gpkg").mkdir()  # someone else's folder: left alone, no error
         outputs.discard()
     assert [p.name for p in tmp_path.iterdir()] == [".b.partial.gpkg"]
+
+
+def test_a_rename_failing_half_way_rolls_the_earlier_outputs_back(tmp_path):
+    raster, vector, stats = tmp_path / "c.tif", tmp_path / "o.gpkg", tmp_path / "s.json"
+    raster.write_bytes(b"old raster")
+    Path(f"{raster}.aux.xml").write_text("old names")
+    with OutputSet() as outputs:
+        outputs.add(raster).write_bytes(b"new raster")
+        Path(f"{outputs.partial(raster)}.aux.xml").write_text("new names")
+        outputs.add(stats).write_text("{}")
+        outputs.add(vector).write_bytes(b"polygons")
+        vector.mkdir()  # another program takes the final name after the check, before the commit
+        with pytest.raises(OutputPathError, match=r"could not publish .*o\.gpkg .*no output of this run was kept"):
+            outputs.commit()
+    assert raster.read_bytes() == b"old raster" and Path(f"{raster}.aux.xml").read_text() == "old names"
+    assert not stats.exists() and vector.is_dir() and list(vector.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "c.tif.aux.xml", "o.gpkg"]
+
+
+def test_a_successful_commit_leaves_no_backup(tmp_path):
+    raster = tmp_path / "c.tif"
+    raster.write_bytes(b"old")
+    with OutputSet() as outputs:
+        outputs.add(raster).write_bytes(b"new")
+        outputs.commit()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.tif"] and raster.read_bytes() == b"new"
