@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from .classes import ClassInfo
-from .model import FactSeg
+from .model import FactSeg, FactSegConfig
 
 #: Parameter-name prefixes of the heads whose meaning depends on the class table.
 CLASS_HEAD_PREFIXES: tuple[str, ...] = ("fg_head.", "bi_head.")
@@ -31,6 +31,7 @@ class SourceWeights:
     """A source model's weights under our parameter names, and its class table."""
 
     state: dict[str, torch.Tensor]
+    config: FactSegConfig
     classes: tuple[ClassInfo, ...] | None
     source: str
 
@@ -55,7 +56,7 @@ class TransferReport:
 def read_source_weights(path: str | os.PathLike) -> SourceWeights:
     """Read a checkpoint (ours or the released reference layout) into our parameter names."""
     model = model_from_checkpoint(read_checkpoint(path), source=str(path))
-    return SourceWeights(model.state_dict(), model.classes, str(path))
+    return SourceWeights(model.state_dict(), model.config, model.classes, str(path))
 
 
 def same_class_table(a: Sequence[ClassInfo] | None, b: Sequence[ClassInfo] | None) -> bool:
@@ -96,16 +97,10 @@ def transfer_weights(target: FactSeg, source: SourceWeights) -> TransferReport:
     )
 
 
-def init_from_checkpoint(target: FactSeg, path: str | os.PathLike) -> TransferReport:
-    """:func:`read_source_weights` then :func:`transfer_weights`."""
-    return transfer_weights(target, read_source_weights(path))
-
-
 __all__ = [
     "CLASS_HEAD_PREFIXES",
     "SourceWeights",
     "TransferReport",
-    "init_from_checkpoint",
     "read_source_weights",
     "same_class_table",
     "transfer_weights",

@@ -18,16 +18,18 @@ Everything is a pure function of ``--seed``: image *i* of a split depends only o
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from factseg_core.classes import ISAID_CLASSES
+from factseg_core.classes import ISAID_CLASSES, ClassInfo
 from factseg_core.config import NODATA_CLASS
 
-from .synthetic_painters import CLASS_ID, paint_scene
+from .class_table import write_class_table
+from .synthetic_painters import CLASS_ID, RGB, paint_scene
 
 #: Class id → RGB colour (unused ids stay black).
 PALETTE = np.zeros((256, 3), dtype=np.uint8)
@@ -46,7 +48,7 @@ SCENE_ORIGIN = (390_000.0, 5_820_000.0)
 SCENE_PIXEL = 0.5
 
 __all__ = ["CLASS_ID", "PALETTE", "SCENE_EPSG", "SCENE_ORIGIN", "SCENE_PIXEL", "SPLIT_CODES", "SYNTHETIC_CLASSES",
-           "generate", "labels_to_colors", "main", "sample_seed", "write_scene", "write_split"]
+           "USER_CLASSES", "Relabelling", "generate", "relabelling", "labels_to_colors", "main", "sample_seed", "write_scene", "write_split"]
 
 
 def generate(seed: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,14 +70,44 @@ def labels_to_colors(labels: np.ndarray) -> np.ndarray:
     return PALETTE[labels]
 
 
-def write_split(out: Path, split: str, count: int, size: int, seed: int) -> None:
+@dataclass(frozen=True)
+class Relabelling:
+    """User classes made of synthetic (iSAID) classes: their table, and a lookup from iSAID ids to theirs."""
+
+    classes: tuple[ClassInfo, ...]
+    lookup: np.ndarray  # 256 uint8: iSAID id → user id (0 for classes left out; 255 stays 255)
+    palette: np.ndarray  # 256×3 uint8: user id → mask colour
+
+
+def relabelling(groups: Mapping[str, Sequence[str]], colours: Sequence[RGB]) -> Relabelling:
+    """The relabelling into ``background`` + one class per group (name → iSAID class names it covers)."""
+    classes = [ClassInfo(0, "background", (0, 0, 0))]
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[NODATA_CLASS] = NODATA_CLASS
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for user_id, ((name, members), colour) in enumerate(zip(groups.items(), colours), start=1):
+        classes.append(ClassInfo(user_id, name, tuple(colour)))  # type: ignore[arg-type]
+        palette[user_id] = colour
+        for member in members:
+            lookup[CLASS_ID[member]] = user_id
+    return Relabelling(tuple(classes), lookup, palette)
+
+
+#: Three user classes of the synthetic scenes (``--user-classes``): what an analyst might label in QGIS.
+USER_CLASSES = relabelling({"vehicle": ("small_vehicle", "large_vehicle"), "vessel": ("ship",),
+                            "tank": ("storage_tank",)}, ((230, 25, 75), (0, 130, 200), (255, 225, 25)))
+
+
+def write_split(out: Path, split: str, count: int, size: int, seed: int, relabel: Relabelling | None = None) -> None:
+    """``count`` images of ``split`` with their colour masks (iSAID colours, or ``relabel``'s classes)."""
     (out / split / "images").mkdir(parents=True, exist_ok=True)
     (out / split / "masks").mkdir(parents=True, exist_ok=True)
     for index in range(count):
         image, labels = generate(sample_seed(seed, split, index), size, size)
+        colours = labels_to_colors(labels) if relabel is None else relabel.palette[relabel.lookup[labels]]
         name = f"P{index:04d}"
         Image.fromarray(image, "RGB").save(out / split / "images" / f"{name}.png")
-        Image.fromarray(labels_to_colors(labels), "RGB").save(out / split / "masks" / f"{name}_instance_color_RGB.png")
+        Image.fromarray(colours, "RGB").save(out / split / "masks" / f"{name}_instance_color_RGB.png")
 
 
 def write_scene(out: Path, width: int, height: int, seed: int) -> tuple[Path, Path]:
@@ -127,11 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scene-width", type=int, default=1280, help="GeoTIFF scene width (default 1280)")
     parser.add_argument("--scene-height", type=int, default=1024, help="GeoTIFF scene height (default 1024)")
     parser.add_argument("--no-scene", action="store_true", help="do not write the GeoTIFF scene")
+    parser.add_argument("--user-classes", action="store_true", help="label three user classes (vehicle, vessel, "
+                        "tank; the rest background) and write classes.json, as an export from QGIS would")
     args = parser.parse_args(argv)
     if args.size < 64 or args.train < 0 or args.val < 0:
         parser.error("--size must be ≥ 64 and --train/--val non-negative")
-    write_split(args.out, "train", args.train, args.size, args.seed)
-    write_split(args.out, "val", args.val, args.size, args.seed)
+    relabel = USER_CLASSES if args.user_classes else None
+    write_split(args.out, "train", args.train, args.size, args.seed, relabel)
+    write_split(args.out, "val", args.val, args.size, args.seed, relabel)
+    if relabel is not None:
+        write_class_table(args.out, relabel.classes)
     print(f"wrote {args.train} train and {args.val} val images ({args.size}×{args.size}) to {args.out}")
     if not args.no_scene:
         scene, gt = write_scene(args.out, args.scene_width, args.scene_height, args.seed)

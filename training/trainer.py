@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from factseg_core import FactSeg, joint_loss, save_checkpoint
 from factseg_core.checkpoint import read_checkpoint
-from factseg_core.transfer import TransferReport
+from factseg_core.transfer import SourceWeights, TransferReport
 
 from .class_table import read_class_table
 from .errors import TrainingCancelled, TrainingError
@@ -38,7 +38,7 @@ from .runtime import check_replicas_agree, restore_rng, rng_state, set_determini
 from .schedule import IterationBatches, poly_lr
 from .train_config import TrainConfig
 from .train_log import Logger, format_eta
-from .weights import build_model, init_from, load_backbone_weights, model_classes
+from .weights import build_model, load_backbone_weights, read_init_weights, resolve_model, transfer_from
 
 #: ``progress(iteration, loss, lr, eta_s)``, called after every iteration on the main rank.
 ProgressCallback = Callable[[int, float, float, float], None]
@@ -84,10 +84,10 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         set_determinism(config.train, rt.device)
         self.log = Logger(self.work_dir, rt.main)
-        model_config, self.classes = model_classes(config.model, read_class_table(self.data_root))
+        source = read_init_weights(init_from) if init_from else None
+        model_config, self.classes = resolve_model(config.model, read_class_table(self.data_root), source)
         if model_config != config.model:
-            self.log.line(f"classes.json names {len(self.classes)} classes: model.num_classes "
-                          f"{config.model.num_classes} → {model_config.num_classes}")
+            self.log.line(f"model: {model_config} (from {'--init-from and ' if source else ''}the class table)")
         self.config = dataclasses.replace(config, model=model_config)
         self.model: FactSeg = build_model(model_config, self.classes)
         self.iteration = 0
@@ -96,7 +96,7 @@ class Trainer:
         latest = self.work_dir / "latest.pt"
         resuming = resume and latest.is_file()
         if not resuming:
-            self._initial_weights(backbone_weights, init_from)
+            self._initial_weights(backbone_weights, source)
         self._build_optimizer()
         if resuming:
             self._resume(latest)
@@ -106,13 +106,13 @@ class Trainer:
 
     # --- set-up ----------------------------------------------------------------------------------------------
 
-    def _initial_weights(self, backbone_weights: str | os.PathLike | None, init_path: str | os.PathLike | None) -> None:
+    def _initial_weights(self, backbone_weights: str | os.PathLike | None, source: SourceWeights | None) -> None:
         if backbone_weights:
             load_backbone_weights(self.model, backbone_weights)
             self.log.line(f"encoder initialised from {backbone_weights}")
-        if init_path:
-            self.transfer = init_from(self.model, init_path)
-            self.log.line(f"initialised from {init_path}: {self.transfer.summary()}")
+        if source is not None:
+            self.transfer = transfer_from(self.model, source)
+            self.log.line(f"initialised from {source.source}: {self.transfer.summary()}")
 
     def _build_optimizer(self) -> None:
         t = self.config.train

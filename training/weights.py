@@ -14,20 +14,45 @@ import torch
 from factseg_core import FactSeg, FactSegConfig
 from factseg_core.checkpoint import CheckpointError
 from factseg_core.classes import ISAID_CLASSES, ClassInfo
-from factseg_core.transfer import TransferReport, init_from_checkpoint
+from factseg_core.transfer import SourceWeights, TransferReport, read_source_weights, transfer_weights
 
 from .errors import TrainingError
 
 
-def model_classes(config: FactSegConfig, data_classes: tuple[ClassInfo, ...] | None) -> tuple[FactSegConfig,
-                                                                                           tuple[ClassInfo, ...]]:
-    """The architecture and class table of a run: ``classes.json`` decides the class count when present."""
+def resolve_model(config: FactSegConfig, data_classes: tuple[ClassInfo, ...] | None,
+                  source: SourceWeights | None) -> tuple[FactSegConfig, tuple[ClassInfo, ...]]:
+    """The architecture and class table of a run.
+
+    The architecture is the init checkpoint's when there is one (fine-tuning a model means keeping its
+    backbone and widths), else the config's. The class table is the data root's ``classes.json`` when
+    present, else the init checkpoint's, else iSAID's.
+    """
+    if source is not None:
+        config = source.config
     if data_classes is not None:
         return dataclasses.replace(config, num_classes=len(data_classes)), data_classes
+    if source is not None and source.classes is not None:
+        return config, source.classes
     if config.num_classes == len(ISAID_CLASSES):
         return config, ISAID_CLASSES
     raise TrainingError(f"model.num_classes is {config.num_classes} but the data root has no classes.json to name "
                         f"them; add one (see training/class_table.py) or use the 16 iSAID classes")
+
+
+def read_init_weights(path: str | os.PathLike) -> SourceWeights:
+    """The weights ``--init-from`` names (ours or the released factseg50.pth), under our parameter names."""
+    try:
+        return read_source_weights(path)
+    except CheckpointError as exc:
+        raise TrainingError(f"--init-from: {exc}") from None
+
+
+def transfer_from(model: FactSeg, source: SourceWeights) -> TransferReport:
+    """Copy every weight of ``source`` whose name and shape match; another class table gets new heads."""
+    try:
+        return transfer_weights(model, source)
+    except CheckpointError as exc:
+        raise TrainingError(f"--init-from: {exc}") from None
 
 
 def build_model(config: FactSegConfig, classes: tuple[ClassInfo, ...] | None = None) -> FactSeg:
@@ -53,11 +78,3 @@ def load_backbone_weights(model: FactSeg, path: str | os.PathLike) -> None:
     except RuntimeError as exc:
         raise TrainingError(f"--backbone-weights: {path} is not a torchvision {model.config.backbone} state dict: "
                             f"{str(exc).splitlines()[0]}") from None
-
-
-def init_from(model: FactSeg, path: str | os.PathLike) -> TransferReport:
-    """Copy every weight of checkpoint ``path`` whose name and shape match; new class tables get new heads."""
-    try:
-        return init_from_checkpoint(model, path)
-    except CheckpointError as exc:
-        raise TrainingError(f"--init-from: {exc}") from None
