@@ -185,3 +185,10 @@ def test_bad_class_table_and_config_types(tmp_path):
     with pytest.raises(ConfigError, match="model.backbone must be one of"):
         load_config(bad)
     assert load_config(REPO_ROOT / "training/configs/finetune.yaml").train.encoder_lr_mult == 0.1
+
+
+def test_evaluate_refuses_a_model_of_other_classes(user_data, source_checkpoint):
+    proc = subprocess.run([str(VENV_PYTHON), "training/evaluate.py", "--model", str(source_checkpoint), "--data-root",
+                           str(user_data), "--device", "cpu"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, env=_env())
+    assert proc.returncode == 2 and "are not those of" in proc.stderr and "vessel" in proc.stderr

@@ -151,6 +151,16 @@ def evaluate_arrays(
     return cm
 
 
+def check_data_classes(classes: Sequence[ClassInfo], data_root: str | os.PathLike) -> None:
+    """A data root with its own ``classes.json`` must use the model's class table: masks are decoded by colour."""
+    from training.class_table import read_class_table
+
+    table = read_class_table(data_root)
+    if table is not None and [c.name for c in table] != [c.name for c in classes]:
+        raise DataError(f"the model's classes {[c.name for c in classes]} are not those of {data_root}/classes.json "
+                        f"{[c.name for c in table]}")
+
+
 def iter_split(data_root: str | os.PathLike, split: str, classes: Sequence[ClassInfo], progress: bool = True):
     """(name, image, labels) of each pair of a split, decoded one at a time (a tqdm bar over images)."""
     pairs = find_pairs(data_root, split)
@@ -204,6 +214,7 @@ def evaluate_model(
 ) -> dict:
     """Metrics of ``model`` (eval mode) on a split of an iSAID-layout dataset."""
     classes = getattr(model, "classes", None) or ISAID_CLASSES
+    check_data_classes(classes, data_root)
     cm = evaluate_arrays(model, iter_split(data_root, split, classes, progress), len(classes),
                          patch, stride, batch_size, tta, device)
     return summarize(cm, classes)
@@ -248,6 +259,7 @@ def _main(argv: Sequence[str] | None) -> int:
         items: Iterable = [(Path(args.image).stem, image, labels)]
         source = {"image": str(args.image), "label": str(args.label)}
     else:
+        check_data_classes(classes, args.data_root)
         items = iter_split(args.data_root, args.split, classes)
         source = {"data_root": str(args.data_root), "split": args.split}
     cm = evaluate_arrays(model, items, len(classes), args.patch, args.stride, args.batch_size, args.tta, device)

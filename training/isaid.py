@@ -312,7 +312,8 @@ class PatchDataset(Dataset):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training.isaid --data-root DIR --cache-dir DIR [--split train --patch 896 --stride 512]``:
-    cut the patch cache ahead of training (useful before a multi-GPU run, whose other ranks would wait)."""
+    cut the patch cache ahead of training (useful before a multi-GPU run, whose other ranks would wait), with the
+    data root's classes.json when it has one."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m training.isaid", description=main.__doc__)
@@ -323,8 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=STRIDE)
     parser.add_argument("--workers", type=int, default=1, help="processes decoding images in parallel")
     args = parser.parse_args(argv)
+    from training.class_table import read_class_table
+
     try:
-        folder = prepare(args.data_root, args.split, args.cache_dir, args.patch, args.stride, workers=args.workers)
+        classes = read_class_table(args.data_root) or ISAID_CLASSES
+        folder = prepare(args.data_root, args.split, args.cache_dir, args.patch, args.stride, classes, args.workers)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
