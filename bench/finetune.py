@@ -1,6 +1,6 @@
 """Do trained weights help on one's own classes? Fine-tuning vs training from scratch, side by side, on CPU.
 
-    .venv/bin/python bench/finetune.py                          # demo model, 200 iterations each, ~5 min
+    .venv/bin/python bench/finetune.py                          # demo model, 200 iterations each, ~10 min
     .venv/bin/python bench/finetune.py --iters 400 --json out.json
     .venv/bin/python bench/finetune.py --model factseg50.pth --patch 512 --device cuda
 
