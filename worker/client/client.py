@@ -216,15 +216,23 @@ class WorkerClient:
 
     # -- simple request/reply (Lazy Pirate per endpoint) ----------------------------------------------------
 
+    def request(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
+                timeout_s: float | None = None, endpoint: str | None = None) -> P.Message:
+        """One request/reply with a worker (the first endpoint by default), with Lazy Pirate retries.
+
+        For operations without a dedicated method (e.g. ``train_*``); ``RemoteError`` when the worker refuses.
+        """
+        return self._call(endpoint or self.endpoints[0], header, timeout_s, arrays=arrays)
+
     def _call(self, endpoint: str, header: dict[str, Any], timeout_s: float | None = None,
-              retries: int | None = None) -> P.Message:
+              retries: int | None = None, arrays: dict[str, np.ndarray] | None = None) -> P.Message:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         retries = self.retries if retries is None else retries
         for _attempt in range(retries + 1):
             link = self._control_link(endpoint)
             sock = link.sock
             msg_id = uuid.uuid4().hex
-            frames = P.encode({**header, "id": msg_id})
+            frames = P.encode({**header, "id": msg_id}, arrays)
             deadline = time.monotonic() + timeout_s
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)

@@ -26,7 +26,8 @@ import numpy as np
 PROTOCOL_VERSION = 1
 
 #: Operations a client may request.
-OPS = ("info", "ping", "plan", "segment", "cancel")
+OPS = ("info", "ping", "plan", "segment", "cancel",
+       "train_begin", "train_file", "train_start", "train_status", "train_cancel", "train_result")
 
 #: Array dtypes allowed on the wire (names as numpy spells them); multi-byte types are little endian.
 WIRE_DTYPES: dict[str, np.dtype] = {
@@ -48,6 +49,11 @@ ERROR_CODES = (
     "cancelled",
     "shutdown",  # the worker is stopping; the chunk was not processed (retry elsewhere)
     "inference_failed",
+    "bad_file",  # a training upload that is not an export's layout, out of order, or incomplete
+    "busy_training",  # the worker is fine-tuning; the message gives the ETA
+    "unknown_job",
+    "no_result",
+    "training_failed",
     "internal",
 )
 

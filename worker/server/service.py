@@ -33,6 +33,7 @@ import numpy as np
 import zmq
 
 from ..client import protocol as P
+from .training import TrainingManager
 
 log = logging.getLogger("factseg.worker")
 
@@ -292,6 +293,7 @@ class Worker:
         self._thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._counter = itertools.count()
         self.stats = collections.Counter()
+        self.training = TrainingManager(getattr(engine, "model_path", ""), device=self.description.get("device", "auto"))
 
     # -- set-up ---------------------------------------------------------------------------------------------
 
@@ -383,6 +385,14 @@ class Worker:
             if msg_id is not None and (not isinstance(msg_id, str) or len(msg_id) > 128):
                 msg_id = None
                 raise P.ProtocolError("header field 'id' must be a string of at most 128 characters")
+            if message.op.startswith("train_"):
+                reply, arrays = self.training.handle(message.op, message.header, message.arrays)
+                self._send(identity, envelope, {"v": P.PROTOCOL_VERSION, "op": message.op, "id": msg_id,
+                                                "status": "ok", **reply}, arrays)
+                return
+            busy = self.training.busy_message() if message.op in ("plan", "segment") else None
+            if busy is not None:
+                raise P.ProtocolError(busy, "busy_training")
             reply = getattr(self, f"_op_{message.op}")(identity, envelope, message)
             if reply is not None:
                 self._send(identity, envelope, {"v": P.PROTOCOL_VERSION, "op": message.op, "id": msg_id,
@@ -405,6 +415,7 @@ class Worker:
             "heartbeat_s": self.heartbeat_s,
             "limits": self.limits.to_dict(),
             "pid": os.getpid(),
+            **self.training.status_fields(),
         }
 
     def _op_ping(self, identity: bytes, envelope: list[bytes], message: P.Message) -> dict[str, Any]:
@@ -607,6 +618,7 @@ class Worker:
             self._thread.join(0.05)
             self._forward_results()
         self._forward_results()
+        self.training.close()
         self._close_sockets()
         _log(logging.INFO, "stopped", endpoint=self.endpoint, **dict(self.stats))
 
