@@ -13,30 +13,26 @@ Any checkpoint ``factseg_core.load_model`` reads works, the released ``factseg50
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
 import sys
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script path: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterable, Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from factseg_core import CheckpointError, load_model  # noqa: E402
-from factseg_core.backends import TorchRunner  # noqa: E402
-from factseg_core.classes import ISAID_CLASSES, ClassInfo  # noqa: E402
-from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE  # noqa: E402
-from factseg_core.streaming import stream_predict  # noqa: E402
-from training.isaid import DataError, find_pairs, load_pair  # noqa: E402
+from factseg_core import CheckpointError, load_model
+from factseg_core.backends import TorchRunner
+from factseg_core.classes import ISAID_CLASSES, ClassInfo
+from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE
+from factseg_core.streaming import stream_predict
+from training.isaid import DataError, find_pairs, load_pair
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from factseg_core.classes import ISAID_CLASSES, ClassInfo
-from factseg_core.config import IGNORE_INDEX
+from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE
 from factseg_core.sliding import normalize_batch
 from factseg_core.windows import window_grid
 
@@ -319,8 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--cache-dir", required=True, help="train.py uses WORK_DIR/cache unless data.cache_dir is set")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--patch", type=int, default=896)
-    parser.add_argument("--stride", type=int, default=512)
+    parser.add_argument("--patch", type=int, default=PATCH_SIZE)
+    parser.add_argument("--stride", type=int, default=STRIDE)
     parser.add_argument("--workers", type=int, default=1, help="processes decoding images in parallel")
     args = parser.parse_args(argv)
     try:
