@@ -164,7 +164,12 @@ def test_integer_ids_are_kept(provider, tmp_path):
     out = tmp_path / "export"
     run_export(INPUT=str(raster), LABELS=str(labels), CLASS_FIELD="cls", OUTPUT=str(out))
     table = json.loads((out / "classes.json").read_text())
-    assert [c["id"] for c in table] == [0, 3, 7]
+    assert [c["id"] for c in table] == list(range(8))  # ids are output channels: no gaps
+    assert table[3]["name"] == "class_3" and table[7]["name"] == "class_7"
+    manifest = json.loads((out / "export.json").read_text())
+    tile = next(t for t in manifest["tiles"] if t["window"][:2] == [0, 0])
+    mask = read_rgb(out / tile["split"] / "masks" / f"{tile['name']}_instance_color_RGB.png")
+    assert (mask[25, 40] == table[7]["color"]).all()
 
 
 @pytest.mark.parametrize("case, message", [

@@ -55,8 +55,9 @@ def _palette_color(index: int) -> list[int]:
 def build_class_table(values: Iterable[Any]) -> tuple[list[dict[str, Any]], dict[Any, int]]:
     """The class table (id 0 background first) and the map from a field value to its class id.
 
-    Numbers are used as the ids themselves (1–254; 0 means background); text values become ids 1..N in sorted
-    order of their names ("background" is id 0). Empty values (None, "", NULL) are skipped.
+    Numbers are used as the ids themselves (1–254; 0 means background; the table then runs from 0 to the largest
+    id, ``class_N`` for each, because ids are the model's output channels); text values become ids 1..N in
+    sorted order of their names ("background" is id 0). Empty values (None, "", NULL) are skipped.
 
     Raises:
         ExportError: no value at all, ids out of range, or names that clash with "background".
@@ -69,8 +70,9 @@ def build_class_table(values: Iterable[Any]) -> tuple[list[dict[str, Any]], dict
         bad = [i for i in ids if not 0 <= i <= 254]
         if bad:
             raise ExportError(f"Class ids must lie between 1 and 254 (0 is background); found {bad[:5]}.")
+        # The ids are the model's output channels, so the table runs 0..max without gaps.
         table = [dict(BACKGROUND)] + [
-            {"id": i, "name": f"class_{i}", "color": _palette_color(n)} for n, i in enumerate(x for x in ids if x)]
+            {"id": i, "name": f"class_{i}", "color": _palette_color(i - 1)} for i in range(1, max(ids) + 1)]
         lookup: dict[Any, int] = {v: int(v) for v in present}
         return table, lookup
     names = sorted({str(v).strip() for v in present})
