@@ -33,6 +33,7 @@ from .wire import (
     encode,
     error_header,
     is_int,
+    peek_id,
 )
 
 #: Chunks in one plan (the plan reply lists them all; see PROTOCOL.md "Limits").
@@ -314,5 +315,5 @@ __all__ = [
     "PingRequest", "PlanRequest", "PlannedChunk", "ProtocolError", "RemoteError", "Request", "SegmentRequest",
     "SegmentationCancelled", "WorkerError", "WorkerUnavailable", "check_flag", "check_int", "check_number",
     "check_optional_int", "check_str", "check_window", "clip", "decode", "encode", "error_header", "is_int",
-    "is_loopback_endpoint", "parse_endpoint", "parse_plan", "parse_request", "plan_rows",
+    "is_loopback_endpoint", "parse_endpoint", "peek_id", "parse_plan", "parse_request", "plan_rows",
 ]

@@ -206,7 +206,7 @@ def decode(frames: Sequence[bytes | memoryview | Any], limits: Limits = DEFAULT_
     version = header.get("v")
     if not is_int(version) or version != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"protocol version {clip(version, 32)} is not supported; this side speaks version {PROTOCOL_VERSION}",
+            f"protocol version {clip(repr(version), 32)} is not supported; this side speaks version {PROTOCOL_VERSION}",
             "unsupported_version",
         )
     op = header.get("op", "" if reply else None)
@@ -242,6 +242,15 @@ def _decode_header(raw: memoryview, max_header: int) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
     return header
+
+
+def peek_id(frame: Any, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """The ``id`` of a header frame that is otherwise unusable (e.g. its message broke a limit), if it has one."""
+    try:
+        value = _decode_header(_as_buffer(frame), limits.max_header_bytes).get("id")
+    except ProtocolError:
+        return None
+    return value if isinstance(value, str) and len(value) <= 128 else None
 
 
 def _as_buffer(frame: Any) -> memoryview:

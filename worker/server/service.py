@@ -176,6 +176,7 @@ class Worker:
         try:
             if received.code is not None:
                 self.stats["oversized"] += 1
+                msg_id = P.peek_id(body[0], self.limits) if body else None
                 raise P.ProtocolError(f"{received.reason}; the rest of it was discarded", received.code)
             message = P.decode(body, self.limits)
             msg_id = P.clip(message.header.get("id"), 128) if isinstance(message.header.get("id"), str) else None
