@@ -1,6 +1,7 @@
 """The engine adapter: the loaded model and the chunk plan, both from factseg_core, behind what the service needs.
 
-The grid (plans, plan sizes, touching windows) is factseg_core's; this module only calls it.
+The grid (plans, plan sizes, touching windows) is ``factseg_core.windows``'s and the defaults are
+``factseg_core.config``'s; this module only calls them.
 """
 from __future__ import annotations
 
@@ -53,22 +54,25 @@ class Engine:
 
     def plan_size(self, plan: PlanRequest) -> int:
         """Chunks in the plan of a resolved request, without building it."""
-        step = plan.chunk_size // plan.stride * plan.stride  # the engine's tile side (see factseg_core.streaming)
-        return math.ceil(plan.height / step) * math.ceil(plan.width / step)
+        from factseg_core.windows import plan_size
+
+        return plan_size(plan.height, plan.width, plan.stride, plan.chunk_size)
 
     def plan(self, plan: PlanRequest) -> tuple[tuple[int, ...], ...]:
         """The plan of a resolved request, as wire rows (cached: every chunk of a job is checked against it)."""
         return self._plan(plan.height, plan.width, plan.patch, plan.stride, plan.chunk_size)
 
     def _make_plan(self, height: int, width: int, patch: int, stride: int, chunk_size: int) -> tuple[tuple[int, ...], ...]:
-        chunks = self._streaming.plan_chunks(height, width, patch=patch, stride=stride, chunk_size=chunk_size)
+        from factseg_core.windows import plan_chunks
+
+        chunks = plan_chunks(height, width, patch=patch, stride=stride, chunk_size=chunk_size)
         return tuple(tuple(row) for row in plan_rows(chunks))
 
     def count_batches(self, job: Job) -> int:
         """Forward passes a chunk needs at most (windows touching ``out``; all-nodata windows are skipped)."""
-        from factseg_core.windows import Window
+        from factseg_core.windows import Window, windows_touching
 
-        windows = self._streaming.windows_touching(job.image_size, Window(*job.out), job.patch, job.stride)
+        windows = windows_touching(job.image_size, Window(*job.out), job.patch, job.stride)
         per_call = self._streaming.effective_batch_size(self.runner, self.batch_size)
         return max(1, math.ceil(windows / per_call))
 

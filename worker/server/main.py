@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
 from typing import Any
+
+from factseg_core import config
 
 from ..client import protocol as P
 from .engine import Engine
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerStartError as exc:  # before loading the model: refused at once
         print(f"worker: {exc}", file=sys.stderr)
         return 2
-    limits = P.Limits.for_frame_limit(int(args.max_message_mb * 2**20))
+    limits = dataclasses.replace(P.Limits.for_frame_limit(int(args.max_message_mb * 2**20)), max_patch=config.MAX_PATCH)
     engine = _load_engine(parser, args)
     if engine is None:
         return 1

@@ -22,6 +22,8 @@ from typing import Any
 
 import zmq
 
+from factseg_core import config
+
 from ..client import protocol as P
 from ..client.receive import Received, receive
 from .engine import Engine
@@ -31,7 +33,7 @@ from .queue import FairQueue, Job, WorkState
 from .security import WorkerStartError, check_bind_security, check_bound_endpoint, load_secret_key
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-DEFAULT_CHUNK_SIZE = 4096  # see README "Chunks": fewer windows computed twice at chunk borders
+DEFAULT_CHUNK_SIZE = config.CHUNK_SIZE  # see README "Chunks": fewer windows computed twice at chunk borders
 #: Chunks in one plan (see PROTOCOL.md "Limits"): bounds the plan reply, the plan cache and planning time.
 MAX_PLAN_CHUNKS = P.MAX_PLAN_CHUNKS
 #: Lease of a request whose chunks do not say (``lease_s``): silent this long, its chunks are dropped.
