@@ -39,7 +39,7 @@ from worker.client.receive import receive  # noqa: E402
 
 def interior_chunk(chunk_size: int, patch: int, stride: int) -> tuple[list[int], dict]:
     """An image of 3×3 chunks and the header of its middle chunk (the largest source window)."""
-    from factseg_core.streaming import plan_chunks
+    from factseg_core.windows import plan_chunks
 
     side = 3 * chunk_size
     chunks = plan_chunks(side, side, patch, stride, chunk_size)
@@ -97,9 +97,11 @@ def time_exchange(endpoint: str, header: dict, pixels: np.ndarray, repeats: int,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--chunk-size", type=int, default=4096)
-    parser.add_argument("--patch", type=int, default=896)
-    parser.add_argument("--stride", type=int, default=512)
+    from factseg_core import config
+
+    parser.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE)
+    parser.add_argument("--patch", type=int, default=config.PATCH_SIZE)
+    parser.add_argument("--stride", type=int, default=config.STRIDE)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inference-repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
