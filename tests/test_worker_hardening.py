@@ -188,40 +188,43 @@ def test_a_long_version_is_clipped_in_the_reply_and_the_log(worker, raw) -> None
 _VANISHING_CLIENT = """
 import sys, numpy as np
 from worker.client import WorkerClient
-img = np.random.default_rng(5).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+img = np.random.default_rng(5).integers(0, 256, (400, 800, 3), dtype=np.uint8)
 with WorkerClient(sys.argv[1], timeout_s=float(sys.argv[2])) as client:
-    client.segment_raster(400, 400, lambda y0, x0, y1, x1: (img[y0:y1, x0:x1], None), lambda *a: None,
+    client.segment_raster(400, 800, lambda y0, x0, y1, x1: (img[y0:y1, x0:x1], None), lambda *a: None,
                           patch=64, stride=8, chunk_size=400)
 """
 
 
-def _busy(client: WorkerClient) -> bool:
-    return client.status()["busy"]
+def _working(client: WorkerClient) -> tuple[bool, int]:
+    status = client.status()
+    return status["busy"], status["queued"]
 
 
 def test_a_vanished_client_stops_the_work_within_its_timeout(worker) -> None:
-    """kill -9 of a client mid-chunk (2,025 windows, far longer than its lease): the worker drops it."""
+    """kill -9 of a client with one chunk running (2,000+ windows, far longer than its lease) and one queued:
+    the worker drops both once the lease runs out."""
     timeout_s = 2.0
     child = subprocess.Popen([PYTHON, "-c", _VANISHING_CLIENT, worker.endpoint, str(timeout_s)], cwd=REPO)
     with WorkerClient(worker.endpoint, timeout_s=10) as observer:
         try:
             deadline = time.monotonic() + 60
-            while not _busy(observer) and time.monotonic() < deadline:
-                assert child.poll() is None, "the client exited before its chunk ran"
+            while _working(observer) != (True, 1) and time.monotonic() < deadline:
+                assert child.poll() is None, "the client exited before its chunks ran"
                 time.sleep(0.1)
-            assert _busy(observer), "the chunk never started"
+            assert _working(observer) == (True, 1), "the chunks never started"
             time.sleep(timeout_s)  # the lease is renewed meanwhile: still computing
-            assert _busy(observer) and child.poll() is None
+            assert _working(observer) == (True, 1) and child.poll() is None
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait()
         killed = time.monotonic()
-        while _busy(observer) and time.monotonic() - killed < 30:
+        while _working(observer) != (False, 0) and time.monotonic() - killed < 30:
             time.sleep(0.05)
         stopped_after = time.monotonic() - killed
     assert stopped_after < timeout_s + 3.0, f"still computing {stopped_after:.1f} s after the client vanished"
-    log = worker.log_path.read_text()
-    assert '"event": "expired"' in log and '"reason": "expired"' in log
+    expired = [json.loads(line) for line in worker.log_path.read_text().splitlines() if '"event": "expired"' in line]
+    assert expired and expired[-1]["dropped"] == 1 and expired[-1]["running"] is True
+    assert '"reason": "expired"' in worker.log_path.read_text()
 
 
 def test_a_live_client_keeps_its_lease_through_a_long_chunk(worker, tiny_model) -> None:

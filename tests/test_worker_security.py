@@ -149,3 +149,11 @@ def test_a_worker_bound_to_a_loopback_alias_reports_its_real_address(tiny_checkp
     port = _free_port()
     with start_worker(tiny_checkpoint, f"tcp://127.0.0.2:{port}") as worker:
         assert f'"endpoint": "tcp://127.0.0.2:{port}"' in worker.log_path.read_text()
+
+
+def test_python_m_worker_keys_still_writes_the_key_files(tmp_path: Path) -> None:
+    result = subprocess.run([PYTHON, "-m", "worker.keys", "--out", str(tmp_path), "--client", "bob"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "server.key_secret").is_file() and (tmp_path / "clients" / "bob.key").is_file()
+    assert load_client_keys(tmp_path / "bob.key_secret")[0] == load_public_key(tmp_path / "clients" / "bob.key")
