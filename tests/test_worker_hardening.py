@@ -2,6 +2,7 @@
 logs, leases that drop a vanished client's work, client-side limits, the one-round-trip handshake, a fuzzer."""
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from test_worker import PYTHON, REPO, free_tcp_endpoint, image, segment, start_worker
+from test_worker_faults import _segment_header as _segment
 
 from worker.client import WorkerClient
 from worker.client import protocol as P
@@ -76,6 +78,31 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@contextlib.contextmanager
+def fake_worker(answer):
+    """A ROUTER on loopback that answers each message with ``answer(body_frames) -> frames``; yields its endpoint."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if router.poll(100):
+                identity, *body = router.recv_multipart()
+                router.send_multipart([identity, *answer(body)])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close(linger=0)
+        ctx.term()
+
+
 def _code(reply: P.Message) -> str:
     assert reply.header["status"] == "error", reply.header
     assert reply.header["code"] in P.ERROR_CODES
@@ -108,44 +135,20 @@ def test_many_frame_messages_leave_the_worker_rss_within_a_few_mb(worker, raw) -
 
 def test_the_client_applies_the_same_limits_to_replies() -> None:
     """A hostile 'worker' answering with too many frames gets a ProtocolError, not unbounded buffering."""
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            if router.poll(100):
-                identity, request = router.recv_multipart()[:2]
-                msg_id = json.loads(request)["id"]
-                reply = json.dumps({"v": 1, "op": "info", "id": msg_id, "status": "ok"}).encode()
-                router.send_multipart([identity, reply, *[b"x" * 1000] * 50])
+    def answer(body: list[bytes]) -> list[bytes]:
+        reply = {"v": 1, "op": "info", "id": json.loads(body[0])["id"], "status": "ok"}
+        return [json.dumps(reply).encode(), *[b"x" * 1000] * 50]
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        with WorkerClient(f"tcp://127.0.0.1:{port}", timeout_s=5, retries=0) as client:
-            with pytest.raises(P.ProtocolError, match="beyond this client's limits") as info:
-                client.info()
-            assert info.value.code == "too_many_frames"
-            sock = client._control_link(f"tcp://127.0.0.1:{port}").sock
-            assert sock.getsockopt(zmq.MAXMSGSIZE) > 0  # the client bounds each frame too
-    finally:
-        stop.set()
-        thread.join(5)
-        router.close(linger=0)
-        ctx.term()
+    with fake_worker(answer) as endpoint, WorkerClient(endpoint, timeout_s=5, retries=0) as client:
+        with pytest.raises(P.ProtocolError, match="beyond this client's limits") as info:
+            client.info()
+        assert info.value.code == "too_many_frames"
+        assert client._control_link(endpoint).sock.getsockopt(zmq.MAXMSGSIZE) > 0  # each frame bounded too
 
 
 # -- specific codes, strict numbers, bounded logs -----------------------------------------------------------
 
-
-def _segment(**overrides) -> dict:
-    header = {"v": 1, "op": "segment", "id": "s", "request": "h", "index": 0, "image_size": [64, 64],
-              "src": [0, 0, 64, 64], "out": [0, 0, 64, 64], "patch": 64, "stride": 32, "chunk_size": 64,
-              "arrays": [{"name": "pixels", "dtype": "uint8", "shape": [64, 64, 3]}]}
-    header.update(overrides)
-    return header
 
 
 @pytest.mark.parametrize(
@@ -247,40 +250,24 @@ def test_a_live_client_keeps_its_lease_through_a_long_chunk(worker, tiny_model) 
 
 def test_a_job_opens_with_one_round_trip_before_its_chunks() -> None:
     """A recording fake worker: the client's first message is 'open', the next ones are the chunks."""
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
     ops: list[str] = []
-    stop = threading.Event()
     info = {"protocol": 1, "model": "FactSeg", "backbone": "fake", "classes": [], "patch": 64, "stride": 32,
             "chunk_size": 64, "limits": P.DEFAULT_LIMITS.to_dict()}
 
-    def serve() -> None:
-        while not stop.is_set():
-            if not router.poll(100):
-                continue
-            identity, *body = router.recv_multipart()
-            request = P.parse_request(P.decode(body))
-            ops.append(request.OP)
-            header = {"v": 1, "op": request.OP, "id": request.id, "status": "ok"}
-            arrays = None
-            if isinstance(request, P.OpenRequest):
-                header.update(info, height=64, width=64, chunks=[[0, 0, 0, 64, 64, 0, 0, 64, 64]])
-            elif isinstance(request, P.SegmentRequest):
-                header.update(request=request.request, index=request.index, seconds=0.0)
-                arrays = {"classes": np.full((64, 64), 3, np.uint8)}
-            router.send_multipart([identity, *P.encode(header, arrays)])
+    def answer(body: list[bytes]) -> list:
+        request = P.parse_request(P.decode(body))
+        ops.append(request.OP)
+        header = {"v": 1, "op": request.OP, "id": request.id, "status": "ok"}
+        arrays = None
+        if isinstance(request, P.OpenRequest):
+            header.update(info, height=64, width=64, chunks=[[0, 0, 0, 64, 64, 0, 0, 64, 64]])
+        elif isinstance(request, P.SegmentRequest):
+            header.update(request=request.request, index=request.index, seconds=0.0)
+            arrays = {"classes": np.full((64, 64), 3, np.uint8)}
+        return P.encode(header, arrays)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        with WorkerClient(f"tcp://127.0.0.1:{port}", timeout_s=5) as client:
-            out, _, stats, _ = segment(client, image(1, 64, 64), patch=None, stride=None, chunk_size=None)
-    finally:
-        stop.set()
-        thread.join(5)
-        router.close(linger=0)
-        ctx.term()
+    with fake_worker(answer) as endpoint, WorkerClient(endpoint, timeout_s=5) as client:
+        out, _, stats, _ = segment(client, image(1, 64, 64), patch=None, stride=None, chunk_size=None)
     assert [op for op in ops if op != "ping"] == ["open", "segment"]
     assert (stats["patch"], stats["stride"], stats["chunk_size"]) == (64, 32, 64)  # the worker's defaults
     assert (out == 3).all()
