@@ -38,17 +38,25 @@ band in a helper thread while the current one is computed (on CPU too, where rea
 """
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .config import MEAN, NODATA_CLASS, PATCH_SIZE, STRIDE
 from .sliding import normalize_batch, pad_to_divisor
-from .windows import Window, window_starts
+from .windows import (
+    Chunk,
+    Window,
+    check_inside,
+    coverage,
+    plan_chunks,
+    source_window,
+    touching_starts,
+    window_starts,
+    windows_touching,
+)
 
 #: Colour fed for nodata pixels inside a partly valid window: round(MEAN), ≈0 after normalisation.
 NODATA_FILL: tuple[int, int, int] = tuple(int(round(m)) for m in MEAN)  # type: ignore[assignment]
@@ -63,101 +71,6 @@ WriteRows = Callable[[int, np.ndarray, "np.ndarray | None"], None]
 
 class Cancelled(Exception):
     """Raised inside the engine when the caller's ``cancel()`` returned True (checked between batches)."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One independent piece of work: the pixels it decides (``out``) and the input it needs (``src``)."""
-
-    index: int
-    out: Window
-    src: Window
-
-
-# --------------------------------------------------------------------------------------------- the grid
-def _axis_windows(length: int, patch: int, stride: int) -> tuple[list[int], int]:
-    return window_starts(length, patch, stride), min(patch, length)
-
-
-def _touching(starts: Sequence[int], size: int, a: int, b: int) -> Sequence[int]:
-    """Window starts along one axis whose span [s, s+size) intersects [a, b).
-
-    ``starts`` is strictly increasing, so the touching windows (``a - size < s < b``) are one contiguous run,
-    found by bisection in O(log n) instead of a scan; the grid covers every index, so the run is never empty.
-    """
-    return starts[bisect_right(starts, a - size) : bisect_left(starts, b)]
-
-
-def _coverage(length: int, patch: int, stride: int) -> np.ndarray:
-    """How many windows of the grid cover each index along one axis (≥ 1 everywhere)."""
-    starts, size = _axis_windows(length, patch, stride)
-    cover = np.zeros(length + 1, dtype=np.int64)
-    for s in starts:
-        cover[s] += 1
-        cover[s + size] -= 1
-    return np.cumsum(cover[:-1]).astype(np.float32)
-
-
-def _touching_span(starts: Sequence[int], size: int, a: int, b: int) -> tuple[int, int]:
-    """Span [first start, last start + size) of the windows along one axis that intersect [a, b)."""
-    run = _touching(starts, size, a, b)
-    return run[0], run[-1] + size
-
-
-def windows_touching(image_size: tuple[int, int], out: Window, patch: int = PATCH_SIZE, stride: int = STRIDE) -> int:
-    """How many grid windows intersect ``out`` (before skipping all-nodata ones): the work a chunk costs."""
-    height, width = image_size
-    ys, wh = _axis_windows(height, patch, stride)
-    xs, ww = _axis_windows(width, patch, stride)
-    return len(_touching(ys, wh, out.y0, out.y1)) * len(_touching(xs, ww, out.x0, out.x1))
-
-
-def source_window(image_size: tuple[int, int], out: Window, patch: int = PATCH_SIZE, stride: int = STRIDE) -> Window:
-    """The input rectangle needed to decide ``out`` exactly: the union of the grid windows touching it."""
-    height, width = image_size
-    _check_inside(out, height, width, "out")
-    ys, wh = _axis_windows(height, patch, stride)
-    xs, ww = _axis_windows(width, patch, stride)
-    (sy0, sy1), (sx0, sx1) = _touching_span(ys, wh, out.y0, out.y1), _touching_span(xs, ww, out.x0, out.x1)
-    return Window(sy0, sx0, sy1, sx1)
-
-
-def _axis_plan(length: int, patch: int, stride: int, step: int) -> list[tuple[int, int, int, int]]:
-    """Per-axis cuts ``(out_a, out_b, src_a, src_b)``: ``out`` tiles [0, length) by ``step``, ``src`` is its span."""
-    starts, size = _axis_windows(length, patch, stride)
-    cuts = []
-    for a in range(0, length, step):
-        b = min(a + step, length)
-        cuts.append((a, b, *_touching_span(starts, size, a, b)))
-    return cuts
-
-
-def plan_chunks(height: int, width: int, patch: int = PATCH_SIZE, stride: int = STRIDE, chunk_size: int = 2048) -> list[Chunk]:
-    """Tile an image into chunks whose ``out`` regions are aligned to the stride grid, row-major.
-
-    ``chunk_size`` is rounded down to a multiple of ``stride`` (at least one stride). Each chunk's ``src`` is
-    :func:`source_window` of its ``out``; neighbouring chunks share one row/column of windows, which are
-    computed by both (a cost of about ``stride / chunk_size`` per axis). The grid is separable (windows are
-    row starts × column starts), so the touching span is found once per chunk row and per chunk column and
-    combined: O(chunks + window starts), not chunks × window starts.
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}×{width}")
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    window_starts(max(height, 1), patch, stride)  # validates patch/stride with a clear message
-    step = max(stride, chunk_size // stride * stride)
-    rows, cols = _axis_plan(height, patch, stride, step), _axis_plan(width, patch, stride, step)
-    return [
-        Chunk(i * len(cols) + j, Window(oy0, ox0, oy1, ox1), Window(sy0, sx0, sy1, sx1))
-        for i, (oy0, oy1, sy0, sy1) in enumerate(rows)
-        for j, (ox0, ox1, sx0, sx1) in enumerate(cols)
-    ]
-
-
-def _check_inside(win: Window, height: int, width: int, what: str) -> None:
-    if not (0 <= win.y0 < win.y1 <= height and 0 <= win.x0 < win.x1 <= width):
-        raise ValueError(f"{what} window {win} is empty or outside the {height}×{width} image")
 
 
 # ------------------------------------------------------------------------------------------ the engine
@@ -369,19 +282,19 @@ def chunk_probabilities(
 
 def _chunk_accumulate(runner, pixels, valid, image_size, src, out, patch, stride, batch_size, tta, cancel):
     height, width = image_size
-    _check_inside(out, height, width, "out")
-    _check_inside(src, height, width, "src")
+    check_inside(out, height, width, "out")
+    check_inside(src, height, width, "src")
     _check_pixels(pixels, valid, src.height, src.width, "predict_chunk")
     need = source_window(image_size, out, patch, stride)
     if not (src.y0 <= need.y0 and src.x0 <= need.x0 and need.y1 <= src.y1 and need.x1 <= src.x1):
         raise ValueError(f"src {src} does not hold all windows touching out {out}: it must contain {need}")
     engine = _WindowEngine(runner, batch_size, tta, cancel)
-    ys, wh = _axis_windows(height, patch, stride)
-    xs, ww = _axis_windows(width, patch, stride)
+    ys, wh = (window_starts(height, patch, stride), min(patch, height))
+    xs, ww = (window_starts(width, patch, stride), min(patch, width))
     image = _fill_nodata(pixels, valid)
     windows = []
-    for y in _touching(ys, wh, out.y0, out.y1):
-        for x in _touching(xs, ww, out.x0, out.x1):
+    for y in touching_starts(ys, wh, out.y0, out.y1):
+        for x in touching_starts(xs, ww, out.x0, out.x1):
             win = Window(y, x, y + wh, x + ww)
             if valid is None or valid[y - src.y0 : y + wh - src.y0, x - src.x0 : x + ww - src.x0].any():
                 windows.append(win)
@@ -391,8 +304,8 @@ def _chunk_accumulate(runner, pixels, valid, image_size, src, out, patch, stride
 
     acc = engine.zeros(out.height, out.width)
     engine.run(windows, crop, acc, (out.y0, out.x0))
-    count_y = _coverage(height, patch, stride)[out.y0 : out.y1]
-    count_x = _coverage(width, patch, stride)[out.x0 : out.x1]
+    count_y = coverage(height, patch, stride)[out.y0 : out.y1]
+    count_x = coverage(width, patch, stride)[out.x0 : out.x1]
     out_valid = None if valid is None else valid[out.y0 - src.y0 : out.y1 - src.y0, out.x0 - src.x0 : out.x1 - src.x0]
     return engine, acc, count_y, count_x, out_valid
 
@@ -446,8 +359,8 @@ class _RowSweep:
 
     def __init__(self, engine: _WindowEngine, height: int, width: int, patch: int, stride: int, confidence: bool):
         self.engine, self.width, self.confidence = engine, width, confidence
-        self.ys, self.wh = _axis_windows(height, patch, stride)
-        self.xs, self.ww = _axis_windows(width, patch, stride)
+        self.ys, self.wh = (window_starts(height, patch, stride), min(patch, height))
+        self.xs, self.ww = (window_starts(width, patch, stride), min(patch, width))
         n = len(self.ys)
         #: Groups of window-row indices swept together: singles, then the last two rows as a pair.
         self.groups: list[list[int]] = [[i] for i in range(n - 2)] + ([[n - 2, n - 1]] if n >= 2 else [[0]])
@@ -455,8 +368,8 @@ class _RowSweep:
         carried = [a1 - b0 for (_, a1), (b0, _) in zip(self.spans, self.spans[1:])]
         self.carry = engine.zeros(max(carried, default=0), width)
         device = engine.device
-        self.count_y = torch.from_numpy(_coverage(height, patch, stride)).to(device)
-        self.count_x = torch.from_numpy(_coverage(width, patch, stride)).to(device)
+        self.count_y = torch.from_numpy(coverage(height, patch, stride)).to(device)
+        self.count_x = torch.from_numpy(coverage(width, patch, stride)).to(device)
 
     def group_windows(self, g: int) -> list[Window]:
         """The windows of group ``g`` in processing order (see the class docstring)."""
@@ -653,4 +566,5 @@ __all__ = [
     "predict_chunk",
     "source_window",
     "stream_predict",
+    "windows_touching",
 ]

@@ -14,6 +14,7 @@ import pytest
 from test_worker import free_tcp_endpoint, image, start_worker
 
 from worker.client import WorkerClient
+from worker.client import training_protocol as T
 from worker.client.protocol import RemoteError
 from worker.client.training_client import RemoteTraining, TrainingCancelled, TrainingProgress, export_files
 from worker.io.training_export import Tile, TrainingDataWriter, build_class_table
@@ -107,17 +108,17 @@ def test_segment_during_training_gets_a_clear_answer(worker, export, config, tmp
     with WorkerClient(worker.endpoint, timeout_s=30) as client:
         training = RemoteTraining(client)
         files = export_files(export) + [("config.yaml", config)]
-        reply = client.request({"op": "train_begin", "files": len(files),
-                                "bytes": sum(p.stat().st_size for _, p in files), "iterations": 10_000}).header
+        reply = client.request(T.TrainBegin(files=len(files), bytes=sum(p.stat().st_size for _, p in files),
+                                            iterations=10_000)).header
         training.job = reply["job"]
         training._upload(files, reply["piece_bytes"], lambda: False)
-        client.request({"op": "train_start", "job": training.job})
+        client.request(T.TrainStart(job=training.job))
         try:
             with pytest.raises(RemoteError) as refused:
                 client.plan(64, 64, 64, 32, 64)
             assert refused.value.code == "busy_training" and "busy training" in refused.value.message
             with pytest.raises(RemoteError) as second:
-                client.request({"op": "train_begin", "files": 1, "bytes": 1, "iterations": 1})
+                client.request(T.TrainBegin(files=1, bytes=1, iterations=1))
             assert second.value.code == "busy_training"
         finally:
             training.cancel()
@@ -139,22 +140,23 @@ def test_segment_during_training_gets_a_clear_answer(worker, export, config, tmp
 ])
 def test_hostile_uploads_are_refused(worker, name, code):
     with WorkerClient(worker.endpoint, timeout_s=10) as client:
-        job = client.request({"op": "train_begin", "files": 2, "bytes": 10, "iterations": 1}).header["job"]
+        job = client.request(T.TrainBegin(files=2, bytes=10, iterations=1)).header["job"]
         with pytest.raises(RemoteError) as refused:
-            client.request({"op": "train_file", "job": job, "name": name, "offset": 0, "size": 4},
-                           {"data": np.zeros(4, np.uint8)})
+            client.request(T.TrainFile(job=job, name=name, offset=0, size=4, data=np.zeros(4, np.uint8)))
         assert refused.value.code == code
         with pytest.raises(RemoteError) as too_much:
-            client.request({"op": "train_file", "job": job, "name": "classes.json", "offset": 0, "size": 100},
-                           {"data": np.zeros(100, np.uint8)})
+            client.request(T.TrainFile(job=job, name="classes.json", offset=0, size=100, data=np.zeros(100, np.uint8)))
         assert too_much.value.code == "too_large"
         with pytest.raises(RemoteError) as early:
-            client.request({"op": "train_start", "job": job})
+            client.request(T.TrainStart(job=job))
         assert early.value.code == "bad_file"
         with pytest.raises(RemoteError) as unknown:
-            client.request({"op": "train_status", "job": "0" * 32})
+            client.request(T.TrainStatus(job="0" * 32))
         assert unknown.value.code == "unknown_job"
-        client.request({"op": "train_cancel", "job": job})
+        with pytest.raises(RemoteError) as malformed:
+            client.request(T.TrainStatus(job="../../etc"))
+        assert malformed.value.code == "bad_header"
+        client.request(T.TrainCancel(job=job))
         assert client.info()["classes"]  # still serving
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import training_protocol as T
 from .client import WorkerClient
-from .protocol import WorkerError
+from .protocol import Request, WorkerError
 
 POLL_S = 0.5
 
@@ -104,13 +104,12 @@ class RemoteTraining:
         if mode == "upload":
             files.append(("init.pt", Path(init_from)))  # type: ignore[arg-type]
         total = sum(path.stat().st_size for _, path in files)
-        reply = self._call({"op": "train_begin", "files": len(files), "bytes": total, "iterations": int(iterations),
-                            "init_from": mode})
+        reply = self._call(T.TrainBegin(files=len(files), bytes=total, iterations=int(iterations), init_from=mode))
         self.job = str(reply["job"])
         try:
             log(f"Uploading {len(files)} files ({total / 1e6:.1f} MB) to the worker …")
             self._upload(files, int(reply.get("piece_bytes", T.PIECE_BYTES)), is_cancelled)
-            self._call({"op": "train_start", "job": self.job})
+            self._call(T.TrainStart(job=self.job))
             log(f"Training {iterations} iterations on the worker …")
             self._follow(progress, is_cancelled)
             evaluation = self._download(Path(output_model), is_cancelled)
@@ -125,14 +124,14 @@ class RemoteTraining:
         if self.job is None:
             return
         try:
-            self._call({"op": "train_cancel", "job": self.job}, timeout_s=15.0)
+            self._call(T.TrainCancel(job=self.job), timeout_s=15.0)
         except WorkerError:
             pass
 
     # -- steps ----------------------------------------------------------------------------------------------
 
-    def _call(self, header: dict[str, Any], arrays: dict | None = None, timeout_s: float | None = None) -> dict:
-        return self.client.request(header, arrays, timeout_s=timeout_s).header
+    def _call(self, request: Request, timeout_s: float | None = None) -> dict[str, Any]:
+        return self.client.request(request, timeout_s=timeout_s).header
 
     def _upload(self, files: list[tuple[str, Path]], piece: int, is_cancelled: Callable[[], bool]) -> None:
         for name, path in files:
@@ -143,8 +142,7 @@ class RemoteTraining:
                     if is_cancelled():
                         raise TrainingCancelled("Training cancelled during the upload; nothing was written.")
                     data = np.frombuffer(handle.read(piece), dtype=np.uint8)
-                    self._call({"op": "train_file", "job": self.job, "name": name, "offset": offset, "size": size},
-                               {"data": data})
+                    self._call(T.TrainFile(job=self.job, name=name, offset=offset, size=size, data=data))
                     offset += data.size
 
     def _follow(self, progress: Callable[[TrainingProgress], None] | None, is_cancelled: Callable[[], bool]) -> None:
@@ -152,7 +150,7 @@ class RemoteTraining:
             if is_cancelled():
                 self.cancel()
                 raise TrainingCancelled("Training cancelled; the worker stopped and no model was written.")
-            status = self._call({"op": "train_status", "job": self.job})
+            status = self._call(T.TrainStatus(job=self.job))
             state = TrainingProgress.from_header(status)
             if progress is not None:
                 progress(state)
@@ -171,7 +169,7 @@ class RemoteTraining:
                 while size is None or offset < size:
                     if is_cancelled():
                         raise TrainingCancelled("Cancelled while the model was downloaded; no model was written.")
-                    message = self.client.request({"op": "train_result", "job": self.job, "offset": offset})
+                    message = self.client.request(T.TrainResult(job=self.job, offset=offset))
                     if offset == 0:
                         evaluation = message.header.get("eval")
                     size = int(message.header["size"])

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..client import training_protocol as T
-from ..client.protocol import ProtocolError
+from ..client.protocol import ProtocolError, Request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: An upload that stops for this long, or a result nobody fetches within RESULT_KEEP_S, is dropped.
@@ -103,23 +102,21 @@ class TrainingManager:
         job = self._live_job()
         return {"training": None if job is None else {"job": job.id, **self._status(job)}}
 
-    def handle(self, op: str, header: Mapping[str, Any], arrays: Mapping[str, Any]) -> tuple[dict, dict | None]:
-        """Reply fields (and arrays) of one ``train_*`` request; ProtocolError for every refusal."""
-        if op == "train_begin":
-            return self._begin(T.parse_train_begin(header)), None
-        if op == "train_file":
-            return self._file(*T.parse_train_file(header, arrays)), None
-        if op == "train_result":
-            return self._result(T.parse_train_result(header))
-        job = self._job(T.parse_job_ref(header).job)
-        if op == "train_start":
+    def handle(self, request: Request) -> tuple[dict, dict | None]:
+        """Reply fields (and arrays) of one typed ``train_*`` request; ProtocolError for every refusal."""
+        if isinstance(request, T.TrainBegin):
+            return self._begin(request), None
+        if isinstance(request, T.TrainFile):
+            return self._file(request, request.data), None
+        if isinstance(request, T.TrainResult):
+            return self._result(request)
+        job = self._job(request.job)  # type: ignore[attr-defined]
+        if isinstance(request, T.TrainStart):
             return self._start(job), None
-        if op == "train_status":
-            return self._status(job), None
-        if op == "train_cancel":
+        if isinstance(request, T.TrainCancel):
             self.cancel(job)
             return {"state": job.state}, None
-        raise ProtocolError(f"unknown training operation {op!r}", "unknown_op")
+        return self._status(job), None
 
     def close(self) -> None:
         """Worker shutdown: stop a running training and remove every job folder."""
@@ -202,7 +199,7 @@ class TrainingManager:
             fields["size"] = (job.run / "final.pt").stat().st_size
         return fields
 
-    def _result(self, request: T.TrainResultRequest) -> tuple[dict, dict]:
+    def _result(self, request: T.TrainResult) -> tuple[dict, dict]:
         job = self._job(request.job)
         self._poll(job)
         if job.state != "done":
