@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 from ..plugin_info import ICON_PATH, PLUGIN_NAME, version
 from .export_algorithm import ExportTrainingDataAlgorithm
 from .segment_algorithm import SegmentAlgorithm
+from .train_algorithm import TrainAlgorithm
 
 
 class FactSegProvider(QgsProcessingProvider):
@@ -31,3 +32,4 @@ class FactSegProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802
         self.addAlgorithm(SegmentAlgorithm())
         self.addAlgorithm(ExportTrainingDataAlgorithm())
+        self.addAlgorithm(TrainAlgorithm())
