@@ -21,10 +21,10 @@ class Engine:
 
     def __init__(self, model: str, backend: str = "torch", device: str = "auto", batch_size: int | None = None,
                  amp: str | None = None) -> None:
-        from factseg_core import streaming
+        import factseg_core
         from factseg_core.backends import make_runner
 
-        self._streaming = streaming
+        self._core = factseg_core
         options = {"amp": amp} if amp else {}
         self.runner = make_runner(model, backend=backend, device=device, **options)
         self.amp = amp
@@ -73,7 +73,7 @@ class Engine:
         from factseg_core.windows import Window, windows_touching
 
         windows = windows_touching(job.image_size, Window(*job.out), job.patch, job.stride)
-        per_call = self._streaming.effective_batch_size(self.runner, self.batch_size)
+        per_call = self._core.effective_batch_size(self.runner, self.batch_size)
         return max(1, math.ceil(windows / per_call))
 
     def predict(self, job: Job, should_stop: Any, on_batch: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -90,7 +90,7 @@ class Engine:
                 on_batch(job)
             return bool(should_stop())
 
-        return self._streaming.predict_chunk(
+        return self._core.predict_chunk(
             self.runner, job.pixels, job.valid, image_size=job.image_size, src=Window(*job.src),
             out=Window(*job.out), patch=job.patch, stride=job.stride, batch_size=self.batch_size, tta=job.tta,
             confidence=job.confidence, cancel=cancel,
@@ -98,4 +98,4 @@ class Engine:
 
     @property
     def cancelled_error(self) -> type[BaseException]:
-        return self._streaming.Cancelled
+        return self._core.Cancelled
