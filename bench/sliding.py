@@ -151,7 +151,7 @@ def make_engine_runner(args):
 
 def child_engine(args) -> dict:
     """(b)/(c) The streaming engine reading bands from the raw file and writing class rows to a file."""
-    from factseg_core.streaming import stream_predict
+    from factseg_core.sweep import stream_predict
 
     runner = make_engine_runner(args)
     raster = RawRaster(Path(args.raster), args.size, args.size)
@@ -185,7 +185,7 @@ class CheapProbabilities(torch.nn.Module):
 def child_memory(args) -> dict:
     """Streaming engine on a procedurally generated raster (nothing on disk), cheap or real runner."""
     from factseg_core.backends import TorchRunner
-    from factseg_core.streaming import stream_predict
+    from factseg_core.sweep import stream_predict
 
     if args.path == "memory-real":
         runner = TorchRunner(make_model(args), device=args.device, copy_model=False)

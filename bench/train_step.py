@@ -4,79 +4,63 @@
     .venv/bin/python bench/train_step.py --device cuda --steps 20
     .venv/bin/python bench/train_step.py --backbone resnet18 --size 512 --json out.json
 
-One step = forward in train mode, joint CP loss with small-object mining, backward, grad clip 35, SGD step:
-what training/train.py does per iteration. Each (device, precision) runs in its own child process so that
+One step is ``training.trainer.Trainer.step`` itself (forward in train mode, joint CP loss with small-object
+mining, backward, grad clip 35, SGD step): the code training/train.py runs per iteration, with the paper's
+optimisation settings and the model defaults of ``factseg_core.FactSegConfig``. Each (device, precision) runs in its own child process so that
 the CPU peak (max RSS of that process) belongs to that mode alone; on CUDA the peak is
 ``torch.cuda.max_memory_allocated``. Mixed precision is bf16 autocast (CPU and CUDA with bf16) or fp16
 with a GradScaler (older GPUs).
 """
 from __future__ import annotations
 
+import argparse
+import json
+import resource
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+from factseg_core.config import IGNORE_INDEX, PATCH_SIZE
 
 
 def child(args: argparse.Namespace) -> dict:
     """Time ``args.steps`` training steps after ``args.warmup`` in this process; return the figures."""
     import torch
 
-    from factseg_core import FactSeg, FactSegConfig, joint_loss
+    from factseg_core import FactSegConfig
+    from training.train_config import OptimConfig, TrainConfig
+    from training.trainer import Trainer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = FactSeg(FactSegConfig(args.backbone)).to(device).train()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.007, momentum=0.9, weight_decay=1e-4)
-    amp_dtype = None
-    if args.mode == "amp":
-        amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
-    labels = torch.randint(0, 16, (args.batch, args.size, args.size), generator=gen).to(device)
-    labels[:, : args.size // 8] = 255
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    amp = "off" if args.mode == "fp32" else ("bf16" if device.type == "cpu" else "auto")
+    config = TrainConfig(model=FactSegConfig(args.backbone), train=OptimConfig(amp=amp, seed=0))
+    with tempfile.TemporaryDirectory(prefix="factseg-train-step-") as work:
+        trainer = Trainer(config, data_root=work, work_dir=work, device=args.device, threads=args.threads,
+                          progress_bar=False)
+        trainer.net.train()
+        amp_dtype = trainer.runtime.amp_dtype
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
+        labels = torch.randint(0, config.model.num_classes, (args.batch, args.size, args.size), generator=gen)
+        labels[:, : args.size // 8] = IGNORE_INDEX
+        labels = labels.to(device)
 
-    def step() -> float:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            fg, bi = model(images)
-        loss = joint_loss(fg, bi, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
-            optimizer.step()
-        return float(loss.detach())
+        def step() -> float:
+            return trainer.step(images, labels).loss  # float() inside synchronises with the device
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = step()  # float() synchronises with the device
-        times.append(time.perf_counter() - start)
+        for _ in range(args.warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            loss = step()
+            times.append(time.perf_counter() - start)
+        trainer.log.close()
     result = {
         "device": device.type,
         "mode": args.mode,
@@ -101,7 +85,7 @@ def child(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--size", type=int, default=896)
+    parser.add_argument("--size", type=int, default=PATCH_SIZE)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per mode (default 2: CPU steps are slow)")
     parser.add_argument("--warmup", type=int, default=1)

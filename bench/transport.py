@@ -2,8 +2,10 @@
 
 Two measurements, over ipc and tcp loopback:
 
-1. **transport only** — an in-process echo ROUTER that decodes and validates the request exactly as the
-   worker does and answers uint8 class ids of the chunk's size: the cost of framing + copying + ZeroMQ.
+1. **transport only** — an in-process echo ROUTER that receives (frame by frame, within the limits), decodes
+   and parses the request exactly as the worker does and answers uint8 class ids of the chunk's size: the cost
+   of framing + copying + ZeroMQ. Measured side by side with a plain ``recv_multipart`` receive, so the cost
+   of the bounded receive is a ratio from one run.
 2. **end to end** — a real worker (``python -m worker``) computes the chunk; overhead = client-measured
    time − the worker's own inference time for it (reported in the reply), i.e. everything that is not
    inference: transfer, decoding, validation, queueing, reply.
@@ -32,11 +34,12 @@ sys.path.insert(0, str(REPO))
 from bench._common import free_tcp, random_checkpoint  # noqa: E402
 from worker.client import protocol as P  # noqa: E402
 from worker.client import start_local_worker  # noqa: E402
+from worker.client.receive import receive  # noqa: E402
 
 
 def interior_chunk(chunk_size: int, patch: int, stride: int) -> tuple[list[int], dict]:
     """An image of 3×3 chunks and the header of its middle chunk (the largest source window)."""
-    from factseg_core.streaming import plan_chunks
+    from factseg_core.windows import plan_chunks
 
     side = 3 * chunk_size
     chunks = plan_chunks(side, side, patch, stride, chunk_size)
@@ -48,18 +51,22 @@ def interior_chunk(chunk_size: int, patch: int, stride: int) -> tuple[list[int],
     return [middle.src.height, middle.src.width], header
 
 
-def echo_server(ctx: zmq.Context, endpoint: str, stop: threading.Event) -> None:
+def echo_server(ctx: zmq.Context, endpoint: str, stop: threading.Event, bounded: bool = True) -> None:
     router = ctx.socket(zmq.ROUTER)
     router.bind(endpoint)
     while not stop.is_set():
         if not router.poll(100):
             continue
-        frames = router.recv_multipart(copy=False)
-        message = P.decode(frames[1:])
-        oy0, ox0, oy1, ox1 = message.header["out"]
-        pixels = message.arrays["pixels"]
+        if bounded:
+            frames = receive(router, P.DEFAULT_LIMITS, reply=False, envelope=1).frames
+        else:
+            frames = router.recv_multipart(copy=False)
+        request = P.parse_request(P.decode(frames[1:]))
+        assert isinstance(request, P.SegmentRequest)
+        oy0, ox0, oy1, ox1 = request.out
+        pixels = request.pixels
         classes = np.ascontiguousarray(pixels[: oy1 - oy0, : ox1 - ox0, 0])  # touch the data, reply the size
-        reply = P.encode({"op": "segment", "status": "ok", "id": message.header.get("id")}, {"classes": classes})
+        reply = P.encode({"op": "segment", "status": "ok", "id": request.id}, {"classes": classes})
         router.send_multipart([frames[0].bytes, *reply], copy=False)
     router.close(linger=0)
 
@@ -90,9 +97,11 @@ def time_exchange(endpoint: str, header: dict, pixels: np.ndarray, repeats: int,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--chunk-size", type=int, default=4096)
-    parser.add_argument("--patch", type=int, default=896)
-    parser.add_argument("--stride", type=int, default=512)
+    from factseg_core import config
+
+    parser.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE)
+    parser.add_argument("--patch", type=int, default=config.PATCH_SIZE)
+    parser.add_argument("--stride", type=int, default=config.STRIDE)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inference-repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -111,16 +120,20 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="factseg-bench-"))
     ctx = zmq.Context()
     for kind, endpoint in (("ipc", f"ipc://{tmp}/echo.ipc"), ("tcp", free_tcp())):
-        stop = threading.Event()
-        thread = threading.Thread(target=echo_server, args=(ctx, endpoint, stop), daemon=True)
-        thread.start()
-        times = [r["seconds"] for r in time_exchange(endpoint, header, pixels, args.repeats + 1, ctx)[1:]]
-        stop.set()
-        thread.join()
-        med = statistics.median(times)
-        report[f"transport_{kind}_s"] = med
-        print(f"transport only, {kind}: median {1000 * med:.1f} ms over {len(times)} "
-              f"({(pixels.nbytes + out_px) / med / 2**30:.2f} GiB/s)")
+        for bounded in (False, True):
+            stop = threading.Event()
+            thread = threading.Thread(target=echo_server, args=(ctx, endpoint, stop, bounded), daemon=True)
+            thread.start()
+            times = [r["seconds"] for r in time_exchange(endpoint, header, pixels, args.repeats + 1, ctx)[1:]]
+            stop.set()
+            thread.join()
+            med = statistics.median(times)
+            name = f"transport_{kind}_s" if bounded else f"transport_{kind}_recv_multipart_s"
+            report[name] = med
+            print(f"transport only, {kind}, {'bounded receive' if bounded else 'recv_multipart'}: median "
+                  f"{1000 * med:.1f} ms over {len(times)} ({(pixels.nbytes + out_px) / med / 2**30:.2f} GiB/s)")
+        report[f"bounded_receive_ratio_{kind}"] = report[f"transport_{kind}_s"] / report[
+            f"transport_{kind}_recv_multipart_s"]
     ctx.term()
     if args.skip_inference:
         print(json.dumps(report))

@@ -14,7 +14,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,23 +22,11 @@ from torch import nn
 
 from .classes import ClassInfo, classes_from_dicts, classes_to_dicts
 from .config import MEAN, PATCH_SIZE, STD, STRIDE
+from .engine import WindowRunner
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: Key of the JSON metadata entry written into exported ONNX files (see :mod:`factseg_core.onnx_export`).
 ONNX_METADATA_KEY = "factseg"
-
-
-@runtime_checkable
-class WindowRunner(Protocol):
-    """What the engine needs from a backend."""
-
-    num_classes: int
-    device: str  # "cpu" or "cuda"
-    name: str  # "torch" or "onnx"
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised N×3×h×w float32 (h, w multiples of 32) → N×C×h×w float32 probabilities on the CPU."""
-        ...
 
 
 def resolve_device(device: str | torch.device = "auto") -> str:
@@ -212,6 +200,7 @@ class OnnxRunner:
         elif device not in ("cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
         self.device = device
+        self.torch_device = torch.device("cpu")  # onnxruntime takes and returns host arrays
         self.max_batch = _max_batch(max_batch, device)
         try:
             self.metadata = read_onnx_metadata(path)
@@ -240,6 +229,10 @@ class OnnxRunner:
             got = self.metadata.get(key)
             if got is not None and not np.allclose(got, expected):
                 raise ValueError(f"{path}: model expects {key} {got}, this engine normalises with {list(expected)}")
+
+    def forward_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """The same as calling the runner: its device for the engine is the host."""
+        return self(batch)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         _check_batch(batch)

@@ -12,6 +12,11 @@ STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 #: Sliding-window protocol of the reference iSAID evaluation.
 PATCH_SIZE: int = 896
 STRIDE: int = 512
+#: Largest patch a worker accepts (a 4096² window already needs several GiB of activations).
+MAX_PATCH: int = 4096
+#: Default side of the independent chunks a raster is tiled into for the worker (rounded down to the
+#: stride): larger chunks compute fewer windows twice at their borders, at the cost of bigger messages.
+CHUNK_SIZE: int = 4096
 #: Windows are zero-padded (after normalisation) to a multiple of this, the encoder's output stride.
 SIZE_DIVISOR: int = 32
 

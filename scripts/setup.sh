@@ -29,3 +29,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
+
+# The project itself, editable (no dependencies: they are pinned above), so that `python training/train.py`,
+# the benchmarks and the console scripts (factseg-train, …) import factseg_core/worker/training from this
+# checkout without sys.path edits. Redone when pyproject.toml or the checkout's path changes.
+stamp=.venv/.editable.sha256
+want=$( { sha256sum pyproject.toml; pwd -P; } | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
+   || ! (repo=$(pwd -P) && cd / && "$repo/.venv/bin/python" -c "import training.trainer" 2>/dev/null); then
+  echo "setup: installing this checkout editable into .venv (pip install -e .)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "$want" > "$stamp"
+fi

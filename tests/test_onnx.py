@@ -11,11 +11,10 @@ import pytest
 import torch
 from conftest import REPO_ROOT, VENV_PYTHON
 
-from factseg_core import sliding_predict
+from factseg_core import plan_chunks, predict_chunk, sliding_predict, stream_predict
 from factseg_core.backends import OnnxRunner, TorchRunner, make_runner, read_onnx_metadata, runner_info
 from factseg_core.config import MEAN, STD
 from factseg_core.onnx_export import compare_with_torch
-from factseg_core.streaming import plan_chunks, predict_chunk, stream_predict
 
 EXPORT = [str(VENV_PYTHON), str(REPO_ROOT / "training" / "export_onnx.py")]
 

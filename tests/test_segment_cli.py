@@ -56,7 +56,7 @@ def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 def expected_classes(model, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    from factseg_core.streaming import NODATA_FILL
+    from factseg_core.engine import NODATA_FILL
 
     painted = pixels.copy()
     painted[~valid] = NODATA_FILL

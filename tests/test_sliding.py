@@ -16,7 +16,7 @@ import torch
 from factseg_core import sliding_predict
 from factseg_core.backends import TorchRunner
 from factseg_core.config import MEAN, STD
-from factseg_core.streaming import stream_predict
+from factseg_core.sweep import stream_predict
 
 
 class PaddingSensitiveNet(torch.nn.Module):

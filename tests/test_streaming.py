@@ -6,25 +6,20 @@ A narrow real FactSeg (ResNet-18, 32-channel FPN, 16-channel decoder) keeps the 
 """
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from factseg_core import FactSeg, FactSegConfig, sliding_predict
 from factseg_core.backends import TorchRunner
+from factseg_core.chunks import chunk_probabilities, predict_chunk
 from factseg_core.config import NODATA_CLASS
-from factseg_core.streaming import (
-    NODATA_FILL,
-    Cancelled,
-    chunk_probabilities,
-    effective_batch_size,
-    plan_chunks,
-    predict_chunk,
-    source_window,
-    stream_predict,
-    windows_touching,
-)
-from factseg_core.windows import Window, window_grid
+from factseg_core.engine import NODATA_FILL, Cancelled, WindowEngine, WindowRunner, effective_batch_size
+from factseg_core.sweep import RowSweep, stream_predict
+from factseg_core.windows import Window, plan_chunks, source_window, window_grid, window_starts, windows_touching
 
 PATCH, STRIDE = 64, 32
 TOL = 1e-5
@@ -165,8 +160,6 @@ def test_plan_chunks_equals_brute_force_definition(patch, stride):
 
 def test_plan_chunks_on_a_huge_raster_matches_per_axis_scan():
     """200k² px (9604 chunks): every chunk's src equals the scan over the window starts of its row and column."""
-    from factseg_core.windows import window_starts
-
     h, w, patch, stride = 200_000, 150_001, 896, 512
     chunks = plan_chunks(h, w, patch, stride, 2048)
     rows, cols = -(-h // 2048), -(-w // 2048)
@@ -275,10 +268,8 @@ def test_stream_reads_each_row_once_and_buffers_a_bounded_band(runner):
 
 def test_sweep_keeps_only_the_overlapping_rows(runner):
     """The float accumulators carried down the raster span patch − stride rows, whatever its height."""
-    from factseg_core.streaming import _RowSweep, _WindowEngine
-
     for height in (5000, 5001, 20000, 50000):  # last window row 8, 9, 160 and 48 rows below the one before
-        sweep = _RowSweep(_WindowEngine(runner, 4, False, None), height, 300, 896, 512, False)
+        sweep = RowSweep(WindowEngine(runner, 4, False, None), height, 300, 896, 512, False)
         assert tuple(sweep.carry.shape) == (16, 896 - 512, 300)
         assert max(end - y0 for y0, end in sweep.spans) <= 896 + 512
 
@@ -287,13 +278,17 @@ def test_sweep_keeps_only_the_overlapping_rows(runner):
 class CountingRunner:
     """Wraps a runner and counts the windows it is asked to compute."""
 
-    def __init__(self, inner):
+    def __init__(self, inner: WindowRunner):
         self.inner, self.windows = inner, 0
         self.num_classes, self.device, self.name = inner.num_classes, "cpu", "counting"
+        self.torch_device, self.max_batch = inner.torch_device, inner.max_batch
+        self.classes, self.model_info = inner.classes, inner.model_info
 
-    def __call__(self, batch):
+    def forward_device(self, batch):
         self.windows += batch.shape[0]
-        return self.inner(batch)
+        return self.inner.forward_device(batch)
+
+    __call__ = forward_device
 
 
 def nodata_case():
@@ -371,6 +366,50 @@ def test_cancel_stops_between_batches(runner, mode):
         else:
             run_stream(counting, img, batch_size=2, cancel=cancel)
     assert counting.windows == 2  # of 9
+
+
+def test_cancelled_stream_leaves_no_reader_running(runner):
+    """The prefetching reader is shut down on cancel: no read_rows call outlives stream_predict."""
+    img = image(300, 64)
+    reads: list[int] = []
+
+    def slow_read(y0, y1):
+        time.sleep(0.05)
+        reads.append(y0)
+        return img[y0:y1].copy(), None
+
+    with pytest.raises(Cancelled) as caught:  # its traceback keeps the sweep's frame (and reader) referenced
+        stream_predict(runner, 300, 64, slow_read, lambda *a: None, PATCH, STRIDE, cancel=lambda: len(reads) >= 2)
+    assert caught.traceback
+    seen = len(reads)
+    assert not [t for t in threading.enumerate() if t.name.startswith("factseg-read")]
+    time.sleep(0.1)
+    bands = len(window_starts(300, PATCH, STRIDE)) - 1  # one read per group; the last two rows form one
+    assert len(reads) == seen < bands
+
+
+def test_runners_satisfy_the_engine_protocol(runner):
+    """Every member of WindowRunner is present on the torch runner (the ONNX one: tests/test_onnx.py)."""
+    members = [*WindowRunner.__annotations__, "forward_device", "__call__"]
+    assert {"torch_device", "max_batch", "classes", "model_info", "num_classes"} <= set(members)
+    assert [m for m in members if not hasattr(runner, m)] == []
+    assert [m for m in members if not hasattr(CountingRunner(runner), m)] == []
+
+
+def test_engine_names_are_exported_from_the_package():
+    import factseg_core
+    from factseg_core import backends, chunks, engine, streaming, sweep, windows
+
+    for module in (chunks, engine, sweep, windows):
+        for name in module.__all__:
+            if name in factseg_core.__all__:
+                assert getattr(factseg_core, name) is getattr(module, name), name
+    for name in ("predict_chunk", "chunk_probabilities", "stream_predict", "Cancelled", "effective_batch_size",
+                 "WindowRunner", "plan_chunks", "plan_size", "source_window", "windows_touching", "Chunk"):
+        assert name in factseg_core.__all__, name
+    assert factseg_core.make_runner is backends.make_runner and backends.WindowRunner is engine.WindowRunner
+    for name in streaming.__all__:  # the compatibility module re-exports, it defines nothing
+        assert getattr(streaming, name) is getattr(factseg_core, name), name
 
 
 def test_progress_reaches_one(runner):

@@ -17,15 +17,11 @@ from conftest import REPO_ROOT, VENV_PYTHON
 from factseg_core import joint_loss, load_model
 from factseg_core.checkpoint import read_checkpoint
 from training import synthetic
+from training.errors import ConfigError, TrainingError
 from training.isaid import PatchDataset
-from training.train import (
-    ConfigError,
-    IterationBatches,
-    build_model,
-    load_backbone_weights,
-    load_config,
-    poly_lr,
-)
+from training.schedule import IterationBatches, poly_lr
+from training.train_config import load_config
+from training.weights import build_model, load_backbone_weights
 
 TRAIN = ["training/train.py"]
 
@@ -106,11 +102,11 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
 
 def test_shipped_configs_load() -> None:
     paper = load_config(REPO_ROOT / "training/configs/factseg_r50_isaid.yaml")
-    assert paper["model"]["backbone"] == "resnet50" and paper["train"]["iters"] == 60000
-    assert (paper["train"]["lr"], paper["train"]["momentum"], paper["train"]["weight_decay"]) == (0.007, 0.9, 1e-4)
-    assert (paper["data"]["patch"], paper["data"]["stride"], paper["train"]["batch_size"]) == (896, 512, 8)
-    assert paper["train"]["grad_clip"] == 35.0 and paper["train"]["sampling"] == "som"
-    assert load_config(REPO_ROOT / "training/configs/demo.yaml")["model"]["backbone"] == "resnet18"
+    assert paper.model.backbone == "resnet50" and paper.train.iters == 60000
+    assert (paper.train.lr, paper.train.momentum, paper.train.weight_decay) == (0.007, 0.9, 1e-4)
+    assert (paper.data.patch, paper.data.stride, paper.train.batch_size) == (896, 512, 8)
+    assert paper.train.grad_clip == 35.0 and paper.train.sampling == "som"
+    assert load_config(REPO_ROOT / "training/configs/demo.yaml").model.backbone == "resnet18"
 
 
 def test_backbone_weights_from_a_torchvision_state_dict(tmp_path: Path) -> None:
@@ -121,13 +117,13 @@ def test_backbone_weights_from_a_torchvision_state_dict(tmp_path: Path) -> None:
     state = {**donor.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(state, path)
-    model = build_model(load_config(_config(tmp_path)))
+    model = build_model(load_config(_config(tmp_path)).model)
     load_backbone_weights(model, path)
     assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in donor.state_dict().items())
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
-    with pytest.raises(SystemExit, match="not a torchvision resnet18 state dict"):
+    with pytest.raises(TrainingError, match="not a torchvision resnet18 state dict"):
         load_backbone_weights(model, tmp_path / "wrong.pth")
-    with pytest.raises(SystemExit, match="file not found"):
+    with pytest.raises(TrainingError, match="file not found"):
         load_backbone_weights(model, tmp_path / "missing.pth")
 
 
@@ -147,8 +143,8 @@ def test_training_lowers_the_loss_and_writes_everything(data_root: Path, tmp_pat
     work = tmp_path / "run"
     proc = _train("--config", str(config), "--data-root", str(data_root), "--work-dir", str(work), "--threads", "1")
     cfg = load_config(config)
-    torch.manual_seed(cfg["train"]["seed"])
-    initial = build_model(cfg)
+    torch.manual_seed(cfg.train.seed)
+    initial = build_model(cfg.model)
     trained = load_model(work / "final.pt")
     folder = work / "cache" / "train_p64_s64"
     before, after = _fixed_batch_loss(initial, folder), _fixed_batch_loss(trained, folder)

@@ -151,7 +151,7 @@ def test_concurrent_clients_get_their_own_answers(ipc_worker: LocalWorker, tcp_w
 
 
 def test_nodata_is_255_and_empty_chunks_are_not_sent(ipc_worker: LocalWorker, tiny_model) -> None:
-    from factseg_core.streaming import NODATA_FILL
+    from factseg_core.engine import NODATA_FILL
 
     img = image(4)
     valid = np.ones(img.shape[:2], bool)

@@ -110,3 +110,50 @@ def test_half_configured_curve_is_refused(tiny_checkpoint, keys) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and "needs both" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "bind",
+    [
+        "tcp://0.0.0.0:{port}@127.0.0.1",  # libzmq binds 0.0.0.0; a URL parser reads host 127.0.0.1
+        "tcp://*:{port}@127.0.0.1",
+        "tcp://[::]:{port}@127.0.0.1",
+        "tcp://[::]:{port}@[::1]",
+        "tcp://x@127.0.0.1:{port}",
+        "tcp://127.0.0.1;0.0.0.0:{port}",
+        "tcp://0.0.0.0:{port};127.0.0.1",
+        "tcp://eth0:{port}",  # interface names may be anything: only loopback literals pass without CURVE
+        "tcp://lo:{port}",
+        "tcp://gpu-box.example:{port}",  # a host name may resolve anywhere
+        "tcp://[::ffff:0.0.0.0]:{port}",
+        "tcp://127.0.0.1:{port}x",
+    ],
+)
+def test_loopback_bypass_strings_are_refused_at_start(tiny_checkpoint, bind: str) -> None:
+    port = _free_port()
+    result = subprocess.run(
+        [PYTHON, "-m", "worker", "--bind", bind.format(port=port), "--model", str(tiny_checkpoint)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr[-500:]
+    assert "refusing to bind" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one sentence, no traceback
+    with socket.socket() as probe:  # nothing was left listening on the port
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_worker_bound_to_a_loopback_alias_reports_its_real_address(tiny_checkpoint) -> None:
+    """The address is checked after binding too (LAST_ENDPOINT); a loopback one passes and is what info shows."""
+    from test_worker import start_worker
+
+    port = _free_port()
+    with start_worker(tiny_checkpoint, f"tcp://127.0.0.2:{port}") as worker:
+        assert f'"endpoint": "tcp://127.0.0.2:{port}"' in worker.log_path.read_text()
+
+
+def test_python_m_worker_keys_still_writes_the_key_files(tmp_path: Path) -> None:
+    result = subprocess.run([PYTHON, "-m", "worker.keys", "--out", str(tmp_path), "--client", "bob"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "server.key_secret").is_file() and (tmp_path / "clients" / "bob.key").is_file()
+    assert load_client_keys(tmp_path / "bob.key_secret")[0] == load_public_key(tmp_path / "clients" / "bob.key")

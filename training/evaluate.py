@@ -13,30 +13,26 @@ Any checkpoint ``factseg_core.load_model`` reads works, the released ``factseg50
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
 import sys
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script path: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterable, Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from factseg_core import CheckpointError, load_model  # noqa: E402
-from factseg_core.backends import TorchRunner  # noqa: E402
-from factseg_core.classes import ISAID_CLASSES, ClassInfo  # noqa: E402
-from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE  # noqa: E402
-from factseg_core.streaming import stream_predict  # noqa: E402
-from training.isaid import DataError, find_pairs, load_pair  # noqa: E402
+from factseg_core import CheckpointError, load_model
+from factseg_core.backends import TorchRunner
+from factseg_core.classes import ISAID_CLASSES, ClassInfo
+from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE
+from factseg_core.streaming import stream_predict
+from training.isaid import DataError, find_pairs, load_pair
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -155,6 +151,16 @@ def evaluate_arrays(
     return cm
 
 
+def check_data_classes(classes: Sequence[ClassInfo], data_root: str | os.PathLike) -> None:
+    """A data root with its own ``classes.json`` must use the model's class table: masks are decoded by colour."""
+    from training.class_table import read_class_table
+
+    table = read_class_table(data_root)
+    if table is not None and [c.name for c in table] != [c.name for c in classes]:
+        raise DataError(f"the model's classes {[c.name for c in classes]} are not those of {data_root}/classes.json "
+                        f"{[c.name for c in table]}")
+
+
 def iter_split(data_root: str | os.PathLike, split: str, classes: Sequence[ClassInfo], progress: bool = True):
     """(name, image, labels) of each pair of a split, decoded one at a time (a tqdm bar over images)."""
     pairs = find_pairs(data_root, split)
@@ -208,6 +214,7 @@ def evaluate_model(
 ) -> dict:
     """Metrics of ``model`` (eval mode) on a split of an iSAID-layout dataset."""
     classes = getattr(model, "classes", None) or ISAID_CLASSES
+    check_data_classes(classes, data_root)
     cm = evaluate_arrays(model, iter_split(data_root, split, classes, progress), len(classes),
                          patch, stride, batch_size, tta, device)
     return summarize(cm, classes)
@@ -252,6 +259,7 @@ def _main(argv: Sequence[str] | None) -> int:
         items: Iterable = [(Path(args.image).stem, image, labels)]
         source = {"image": str(args.image), "label": str(args.label)}
     else:
+        check_data_classes(classes, args.data_root)
         items = iter_split(args.data_root, args.split, classes)
         source = {"data_root": str(args.data_root), "split": args.split}
     cm = evaluate_arrays(model, items, len(classes), args.patch, args.stride, args.batch_size, args.tta, device)

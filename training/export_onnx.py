@@ -10,17 +10,13 @@ inputs of other shapes than the traced one: the export fails if probabilities di
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script path: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import argparse  # noqa: E402
-
-from factseg_core.checkpoint import CheckpointError, load_model  # noqa: E402
-from factseg_core.config import PATCH_SIZE, STRIDE  # noqa: E402
-from factseg_core.onnx_export import DEFAULT_OPSET, compare_with_torch, export_onnx  # noqa: E402
+from factseg_core.checkpoint import CheckpointError, load_model
+from factseg_core.config import PATCH_SIZE, STRIDE
+from factseg_core.onnx_export import DEFAULT_OPSET, compare_with_torch, export_onnx
 
 TOLERANCE = 1e-4
 

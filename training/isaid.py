@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from factseg_core.classes import ISAID_CLASSES, ClassInfo
-from factseg_core.config import IGNORE_INDEX
+from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE
 from factseg_core.sliding import normalize_batch
 from factseg_core.windows import window_grid
 
@@ -312,19 +312,23 @@ class PatchDataset(Dataset):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training.isaid --data-root DIR --cache-dir DIR [--split train --patch 896 --stride 512]``:
-    cut the patch cache ahead of training (useful before a multi-GPU run, whose other ranks would wait)."""
+    cut the patch cache ahead of training (useful before a multi-GPU run, whose other ranks would wait), with the
+    data root's classes.json when it has one."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m training.isaid", description=main.__doc__)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--cache-dir", required=True, help="train.py uses WORK_DIR/cache unless data.cache_dir is set")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--patch", type=int, default=896)
-    parser.add_argument("--stride", type=int, default=512)
+    parser.add_argument("--patch", type=int, default=PATCH_SIZE)
+    parser.add_argument("--stride", type=int, default=STRIDE)
     parser.add_argument("--workers", type=int, default=1, help="processes decoding images in parallel")
     args = parser.parse_args(argv)
+    from training.class_table import read_class_table
+
     try:
-        folder = prepare(args.data_root, args.split, args.cache_dir, args.patch, args.stride, workers=args.workers)
+        classes = read_class_table(args.data_root) or ISAID_CLASSES
+        folder = prepare(args.data_root, args.split, args.cache_dir, args.patch, args.stride, classes, args.workers)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

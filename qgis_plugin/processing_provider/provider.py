@@ -1,4 +1,4 @@
-"""Processing provider ``factseg``: makes ``factseg:segment`` available to the toolbox, batch mode, the model
+"""Processing provider ``factseg``: makes ``factseg:segment`` and ``factseg:export_training_data`` available to the toolbox, batch mode, the model
 builder, ``processing.run`` and ``qgis_process``."""
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..plugin_info import ICON_PATH, PLUGIN_NAME, version
+from .export_algorithm import ExportTrainingDataAlgorithm
 from .segment_algorithm import SegmentAlgorithm
+from .train_algorithm import TrainAlgorithm
 
 
 class FactSegProvider(QgsProcessingProvider):
@@ -29,3 +31,5 @@ class FactSegProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802
         self.addAlgorithm(SegmentAlgorithm())
+        self.addAlgorithm(ExportTrainingDataAlgorithm())
+        self.addAlgorithm(TrainAlgorithm())

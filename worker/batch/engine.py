@@ -10,17 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from factseg_core.backends import make_runner
-from factseg_core.config import NODATA_CLASS, PATCH_SIZE, STRIDE
-from factseg_core.streaming import plan_chunks, predict_chunk
-from factseg_core.windows import Window
+from factseg_core import make_runner, predict_chunk
+from factseg_core.config import CHUNK_SIZE, NODATA_CLASS, PATCH_SIZE, STRIDE
+from factseg_core.windows import Window, plan_chunks
 
 from ..client import PlannedChunk
-
-try:
-    from factseg_core.config import CHUNK_SIZE
-except ImportError:  # until factseg_core.config carries it: the worker's own default
-    from ..server.service import DEFAULT_CHUNK_SIZE as CHUNK_SIZE
 
 #: Windows per forward pass: the ZeroMQ worker's default (``worker.server.service.Engine``).
 BATCH_SIZE = 4

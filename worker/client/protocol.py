@@ -1,264 +1,54 @@
-"""The worker's wire protocol: one JSON header frame, then raw little-endian C-order array frames. Never pickle.
+"""The worker's protocol: the wire format (re-exported from ``wire``) and one typed request per operation.
 
-This module is shared by the QGIS side (client) and the worker (server), so it imports neither torch nor
-factseg_core. The full specification, with examples, is ``worker/PROTOCOL.md``; this module is its code.
-
-A message is a ZeroMQ multipart message ``[header, array_0, array_1, ...]``. The header is a UTF-8 JSON object::
-
-    {"v": 1, "op": "segment", "id": "<message id>", ..., "arrays": [{"name", "dtype", "shape"}, ...]}
-
-and ``arrays`` describes the following frames one by one. Every size is bounded (:class:`Limits`), so a
-malformed or hostile message costs the receiver a bounded amount of work and an error reply naming the problem.
+Both sides use the dataclasses below: the client builds a request and calls :meth:`Request.frames`; the
+worker calls :func:`parse_request` on a decoded message and gets the same dataclass back, every field checked
+(types, ranges, array shapes), or a :class:`ProtocolError` whose code names the rule broken. Checks that need
+the worker's state (its plan, its queue) stay in the worker. Specification: ``worker/PROTOCOL.md``.
 """
 from __future__ import annotations
 
-import ipaddress
-import json
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
-#: Bumped on any incompatible change of the messages below.
-PROTOCOL_VERSION = 1
-
-#: Operations a client may request.
-OPS = ("info", "ping", "plan", "segment", "cancel")
-
-#: Array dtypes allowed on the wire (names as numpy spells them); multi-byte types are little endian.
-WIRE_DTYPES: dict[str, np.dtype] = {
-    "uint8": np.dtype("u1"),
-    "bool": np.dtype("?"),
-    "float32": np.dtype("<f4"),
-}
-
-#: Error codes a worker answers with (``RemoteError.code``).
-ERROR_CODES = (
-    "bad_header",  # not a JSON object, wrong types, missing fields
-    "header_too_large",
-    "unsupported_version",
-    "unknown_op",
-    "bad_array",  # dtype/shape/length do not match the descriptor, or the op
-    "too_large",  # arrays or image beyond the worker's limits
-    "bad_chunk",  # a segment chunk that is not the worker's plan
-    "queue_full",
-    "cancelled",
-    "shutdown",  # the worker is stopping; the chunk was not processed (retry elsewhere)
-    "inference_failed",
-    "internal",
+from .endpoints import Endpoint, EndpointError, is_loopback_endpoint, parse_endpoint
+from .wire import (
+    DEFAULT_LIMITS,
+    ERROR_CODES,
+    MAX_DIMENSION,
+    OPS,
+    PROTOCOL_VERSION,
+    WIRE_DTYPES,
+    Limits,
+    Message,
+    ProtocolError,
+    RemoteError,
+    SegmentationCancelled,
+    WorkerError,
+    WorkerUnavailable,
+    clip,
+    decode,
+    encode,
+    error_header,
+    is_int,
+    peek_id,
 )
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what a worker accepts; sent in ``info`` so clients can check before sending."""
-
-    max_header_bytes: int = 64 * 1024
-    max_arrays: int = 4
-    max_frame_bytes: int = 256 * 1024 * 1024
-    max_image_side: int = 1_000_000
-    max_chunk_side: int = 8192
-    max_patch: int = 4096
-    max_queue_per_client: int = 64
-    #: Pixels held by queued chunks of all clients together (a bound on the worker's memory).
-    max_queued_bytes: int = 2 * 1024**3
-    #: Plan and reply headers can be longer than requests (a plan lists every chunk).
-    max_reply_header_bytes: int = 64 * 1024 * 1024
-
-    def to_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-DEFAULT_LIMITS = Limits()
-
-
-class WorkerError(RuntimeError):
-    """Base of every error the worker client raises."""
-
-
-class ProtocolError(WorkerError):
-    """A malformed or unsupported message (``code`` says which rule it broke)."""
-
-    def __init__(self, message: str, code: str = "bad_header") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class RemoteError(WorkerError):
-    """The worker answered with an error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"worker error [{code}]: {message}")
-        self.code = code
-        self.message = message
-
-
-class WorkerUnavailable(WorkerError):
-    """No answer from the worker(s) within the timeout, after the allowed retries."""
-
-
-class SegmentationCancelled(WorkerError):
-    """The segmentation was cancelled (by the user or by the worker shutting down)."""
-
-
-@dataclass
-class Message:
-    """A decoded message: the header dict and its arrays by name (in wire order)."""
-
-    header: dict[str, Any]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def op(self) -> str:
-        return str(self.header.get("op", ""))
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def encode(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> list[bytes | memoryview]:
-    """Frames of one message: header (with version and array descriptors filled in) and the array buffers."""
-    head = dict(header)
-    head.setdefault("v", PROTOCOL_VERSION)
-    frames: list[bytes | memoryview] = []
-    descriptors = []
-    for name, array in (arrays or {}).items():
-        wire = _wire_array(array)
-        descriptors.append({"name": name, "dtype": _dtype_name(wire.dtype), "shape": list(wire.shape)})
-        frames.append(memoryview(wire).cast("B") if wire.size else b"")
-    if descriptors:
-        head["arrays"] = descriptors
-    text = json.dumps(head, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    return [text, *frames]
-
-
-def _dtype_name(dtype: np.dtype) -> str:
-    for name, wire in WIRE_DTYPES.items():
-        if dtype == wire:
-            return name
-    raise ProtocolError(f"dtype {dtype} cannot be sent; allowed: {', '.join(WIRE_DTYPES)}", "bad_array")
-
-
-def _wire_array(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array)
-    for wire in WIRE_DTYPES.values():
-        if array.dtype.kind == wire.kind and array.dtype.itemsize == wire.itemsize:
-            return np.ascontiguousarray(array, dtype=wire)
-    raise ProtocolError(f"dtype {array.dtype} cannot be sent; allowed: {', '.join(WIRE_DTYPES)}", "bad_array")
-
-
-def decode(frames: Sequence[bytes | memoryview | Any], limits: Limits = DEFAULT_LIMITS, *, reply: bool = False) -> Message:
-    """Parse and validate one message (without its routing envelope); raise ProtocolError naming the problem.
-
-    ``frames`` may be bytes or pyzmq ``Frame`` objects (zero-copy: arrays then view the frame's buffer and are
-    read-only). Checks: header size, JSON object, version, op, one descriptor per frame, dtype allow-list,
-    shape sanity and byte length == prod(shape) × itemsize.
-    """
-    if not frames:
-        raise ProtocolError("empty message")
-    raw = _as_buffer(frames[0])
-    max_header = limits.max_reply_header_bytes if reply else limits.max_header_bytes
-    if len(raw) > max_header:
-        raise ProtocolError(f"header frame is {len(raw)} bytes, limit is {max_header}", "header_too_large")
-    try:
-        header = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"header frame is not UTF-8 JSON: {str(exc)[:200]}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
-    version = header.get("v")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version {version!r} is not supported; this side speaks version {PROTOCOL_VERSION}",
-            "unsupported_version",
-        )
-    op = header.get("op", "" if reply else None)
-    if not isinstance(op, str):
-        raise ProtocolError("header field 'op' must be a string")
-    if not reply and op not in OPS:
-        raise ProtocolError(f"unknown operation {op[:64]!r}; known: {', '.join(OPS)}", "unknown_op")
-    descriptors = header.get("arrays", [])
-    if not isinstance(descriptors, list):
-        raise ProtocolError("header field 'arrays' must be a list")
-    if len(descriptors) > limits.max_arrays:
-        raise ProtocolError(f"{len(descriptors)} arrays, limit is {limits.max_arrays}", "too_large")
-    if len(descriptors) != len(frames) - 1:
-        raise ProtocolError(
-            f"header describes {len(descriptors)} arrays but {len(frames) - 1} array frames followed", "bad_array"
-        )
-    arrays: dict[str, np.ndarray] = {}
-    for desc, frame in zip(descriptors, frames[1:]):
-        name, array = _decode_array(desc, _as_buffer(frame), limits)
-        if name in arrays:
-            raise ProtocolError(f"array {name!r} appears twice", "bad_array")
-        arrays[name] = array
-    return Message(header, arrays)
-
-
-def _as_buffer(frame: Any) -> memoryview:
-    if isinstance(frame, (bytes, bytearray)):
-        return memoryview(frame)
-    if isinstance(frame, memoryview):
-        return frame
-    buffer = getattr(frame, "buffer", None)  # zmq.Frame
-    if buffer is not None:
-        return memoryview(buffer)
-    raise ProtocolError(f"frame of type {type(frame).__name__} is not a byte buffer")
-
-
-def _decode_array(desc: Any, buf: memoryview, limits: Limits) -> tuple[str, np.ndarray]:
-    if not isinstance(desc, dict):
-        raise ProtocolError("array descriptor must be an object {name, dtype, shape}", "bad_array")
-    name, dtype_name, shape = desc.get("name"), desc.get("dtype"), desc.get("shape")
-    if not isinstance(name, str) or not name or len(name) > 64:
-        raise ProtocolError("array descriptor needs a 'name' string of 1..64 characters", "bad_array")
-    if dtype_name not in WIRE_DTYPES:
-        raise ProtocolError(
-            f"array {name!r}: dtype {str(dtype_name)[:32]!r} not allowed; allowed: {', '.join(WIRE_DTYPES)}", "bad_array"
-        )
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 4:
-        raise ProtocolError(f"array {name!r}: shape must be a list of 1 to 4 dimensions", "bad_array")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(f"array {name!r}: shape {str(shape)[:80]} must hold non-negative integers", "bad_array")
-    dtype = WIRE_DTYPES[dtype_name]
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > limits.max_frame_bytes:
-        raise ProtocolError(
-            f"array {name!r}: {nbytes} bytes declared, limit is {limits.max_frame_bytes}", "too_large"
-        )
-    if len(buf) != nbytes:
-        raise ProtocolError(
-            f"array {name!r}: frame has {len(buf)} bytes but dtype {dtype_name} shape {shape} needs {nbytes}",
-            "bad_array",
-        )
-    array = np.frombuffer(buf, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype=dtype)
-    if dtype.kind == "b":
-        # A bool byte other than 0/1 is not a valid numpy bool; normalise instead of trusting it.
-        array = array.view(np.uint8) != 0
-    return name, array
-
-
-def error_header(code: str, message: str, **fields: Any) -> dict[str, Any]:
-    """Header of an error reply (``status`` = "error")."""
-    return {"v": PROTOCOL_VERSION, "status": "error", "code": code, "message": message[:2000], **fields}
+#: Chunks in one plan (the plan reply lists them all; see PROTOCOL.md "Limits").
+MAX_PLAN_CHUNKS = 10_000
+#: Bounds of a segment request's keep-alive lease (seconds): silent longer, its chunks are dropped.
+LEASE_RANGE_S = (0.5, 3600.0)
 
 
 def check_window(value: Any, what: str) -> tuple[int, int, int, int]:
     """A [y0, x0, y1, x1] list of ints with y0 < y1 and x0 < x1, else ProtocolError."""
-    if (
-        not isinstance(value, list)
-        or len(value) != 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
+    if not isinstance(value, list) or len(value) != 4 or not all(is_int(v) for v in value):
         raise ProtocolError(f"{what} must be a list of four integers [y0, x0, y1, x1]")
     y0, x0, y1, x1 = value
     if not (0 <= y0 < y1 and 0 <= x0 < x1):
-        raise ProtocolError(f"{what} {value} is empty or negative")
+        raise ProtocolError(f"{what} {clip(value, 80)} is empty or negative")
     return y0, x0, y1, x1
 
 
@@ -267,10 +57,11 @@ def check_int(header: Mapping[str, Any], key: str, low: int, high: int, default:
     value = header.get(key, default)
     if value is None:
         raise ProtocolError(f"header field {key!r} is required")
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int(value):
         raise ProtocolError(f"header field {key!r} must be an integer, got {type(value).__name__}")
     if not low <= value <= high:
-        raise ProtocolError(f"header field {key!r} = {value} is outside [{low}, {high}]", "too_large" if value > high else "bad_header")
+        raise ProtocolError(f"header field {key!r} = {clip(value, 24)} is outside [{low}, {high}]",
+                            "too_large" if value > high else "bad_header")
     return value
 
 
@@ -282,43 +73,251 @@ def check_str(header: Mapping[str, Any], key: str, max_len: int = 128) -> str:
     return value
 
 
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// endpoints on a loopback address (127.0.0.0/8, ::1, localhost).
+def check_number(header: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+    """An optional finite number field within [low, high] (``true`` is not a number), else ProtocolError."""
+    value = header.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not low <= value <= high:
+        raise ProtocolError(f"header field {key!r} must be a number in [{low:g}, {high:g}], got {clip(value, 24)}")
+    return float(value)
 
-    ``tcp://*:5555``, ``tcp://0.0.0.0:…`` and interface names are not loopback: they expose the worker.
-    """
-    scheme, _, rest = endpoint.partition("://")
-    if scheme in ("ipc", "inproc"):
-        return True
-    if scheme != "tcp" or not rest:
-        return False
-    host = urlsplit(f"//{rest}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+
+def check_flag(header: Mapping[str, Any], key: str) -> bool:
+    value = header.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"header field {key!r} must be true or false")
+    return value
+
+
+def check_optional_int(header: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
+    return None if header.get(key) is None else check_int(header, key, low, high)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """Fields every request has: ``id`` (echoed by the reply)."""
+
+    OP: ClassVar[str] = ""
+    id: str | None = None
+
+    def header(self) -> dict[str, Any]:
+        """The JSON header (without ``v``; arrays are not header fields)."""
+        head: dict[str, Any] = {"op": self.OP}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is not None and not item.metadata.get("array"):
+                head[item.name] = list(value) if isinstance(value, tuple) else value
+        return head
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def frames(self) -> list[Any]:
+        """The message's frames, ready to send."""
+        return encode(self.header(), self.arrays())
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfoRequest(Request):
+    """What model the worker serves, its defaults and limits."""
+
+    OP: ClassVar[str] = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PingRequest(Request):
+    """Liveness and queue state; naming a ``request`` renews that request's lease (keep-alive)."""
+
+    OP: ClassVar[str] = "ping"
+    request: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanRequest(Request):
+    """The chunk plan of an image; absent patch/stride/chunk_size take the worker's model defaults."""
+
+    OP: ClassVar[str] = "plan"
+    height: int
+    width: int
+    patch: int | None = None
+    stride: int | None = None
+    chunk_size: int | None = None
+
+    def resolved(self, patch: int, stride: int, chunk_size: int, limits: Limits = DEFAULT_LIMITS) -> PlanRequest:
+        """The same request with the worker's defaults filled in, checked against each other."""
+        out = replace(self, patch=self.patch or patch, stride=self.stride or stride,
+                      chunk_size=self.chunk_size or chunk_size)
+        check_int(out.header(), "patch", 32, limits.max_patch)
+        check_int(out.header(), "stride", 1, out.patch)
+        check_int(out.header(), "chunk_size", 1, limits.max_chunk_side)
+        if out.chunk_size < out.stride:
+            raise ProtocolError(f"chunk_size {out.chunk_size} is smaller than the stride {out.stride}")
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenRequest(PlanRequest):
+    """A job's handshake in one round trip: the worker's ``info`` and the plan of the image."""
+
+    OP: ClassVar[str] = "open"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequest(Request):
+    """Drop the queued chunks of ``request`` and stop its running one."""
+
+    OP: ClassVar[str] = "cancel"
+    request: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentRequest(Request):
+    """One chunk of a planned image: its place in the plan, options, and the source window's pixels."""
+
+    OP: ClassVar[str] = "segment"
+    request: str
+    index: int
+    image_size: tuple[int, int]
+    src: tuple[int, int, int, int]
+    out: tuple[int, int, int, int]
+    patch: int | None = None
+    stride: int | None = None
+    chunk_size: int | None = None
+    confidence: bool = False
+    tta: bool = False
+    lease_s: float | None = None
+    pixels: np.ndarray = field(metadata={"array": True}, repr=False)
+    valid: np.ndarray | None = field(default=None, metadata={"array": True}, repr=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"pixels": self.pixels} if self.valid is None else {"pixels": self.pixels, "valid": self.valid}
+
+    @property
+    def plan(self) -> PlanRequest:
+        """The plan this chunk belongs to."""
+        return PlanRequest(height=self.image_size[0], width=self.image_size[1], patch=self.patch,
+                           stride=self.stride, chunk_size=self.chunk_size)
+
+
+def _parse_id(header: Mapping[str, Any]) -> str | None:
+    value = header.get("id")
+    if value is not None and (not isinstance(value, str) or len(value) > 128):
+        raise ProtocolError("header field 'id' must be a string of at most 128 characters")
+    return value
+
+
+def _no_arrays(message: Message) -> None:
+    if message.arrays:
+        raise ProtocolError(f"'{message.op}' takes no arrays, got {len(message.arrays)}", "bad_array")
+
+
+def _plan_fields(header: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    return {
+        "height": check_int(header, "height", 1, limits.max_image_side),
+        "width": check_int(header, "width", 1, limits.max_image_side),
+        "patch": check_optional_int(header, "patch", 32, limits.max_patch),
+        "stride": check_optional_int(header, "stride", 1, limits.max_patch),
+        "chunk_size": check_optional_int(header, "chunk_size", 1, limits.max_chunk_side),
+    }
+
+
+def _parse_segment(message: Message, limits: Limits, msg_id: str | None) -> SegmentRequest:
+    header = message.header
+    size = header.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2):
+        raise ProtocolError("header field 'image_size' must be [height, width]")
+    plan = _plan_fields({**header, "height": size[0], "width": size[1]}, limits)
+    src = check_window(header.get("src"), "src")
+    out = check_window(header.get("out"), "out")
+    unknown = set(message.arrays) - {"pixels", "valid"}
+    if unknown:
+        raise ProtocolError(f"unexpected arrays {clip(sorted(unknown), 80)}; segment takes 'pixels' and 'valid'",
+                            "bad_array")
+    pixels, valid = message.arrays.get("pixels"), message.arrays.get("valid")
+    src_h, src_w = src[2] - src[0], src[3] - src[1]
+    if pixels is None or pixels.dtype != np.uint8 or pixels.shape != (src_h, src_w, 3):
+        got = "nothing" if pixels is None else f"{pixels.dtype} {list(pixels.shape)}"
+        raise ProtocolError(f"'pixels' must be uint8 [{src_h}, {src_w}, 3] (the src window), got {got}", "bad_array")
+    if valid is not None and (valid.dtype != np.bool_ or valid.shape != (src_h, src_w)):
+        raise ProtocolError(f"'valid' must be bool [{src_h}, {src_w}], got {valid.dtype} {list(valid.shape)}",
+                            "bad_array")
+    return SegmentRequest(
+        id=msg_id, request=check_str(header, "request"), index=check_int(header, "index", 0, MAX_PLAN_CHUNKS),
+        image_size=(plan["height"], plan["width"]), src=src, out=out, patch=plan["patch"], stride=plan["stride"],
+        chunk_size=plan["chunk_size"], confidence=check_flag(header, "confidence"), tta=check_flag(header, "tta"),
+        lease_s=check_number(header, "lease_s", *LEASE_RANGE_S), pixels=pixels, valid=valid,
+    )
+
+
+def parse_request(message: Message, limits: Limits = DEFAULT_LIMITS) -> Request:
+    """The typed request of a decoded message (``decode`` has checked framing, version and op)."""
+    msg_id = _parse_id(message.header)
+    if message.op == "segment":
+        return _parse_segment(message, limits, msg_id)
+    if message.op.startswith("train_"):
+        from .training_protocol import parse_train_request  # defined on top of this module's Request
+
+        return parse_train_request(message, msg_id)
+    _no_arrays(message)
+    header = message.header
+    if message.op == "info":
+        return InfoRequest(id=msg_id)
+    if message.op == "ping":
+        request = None if header.get("request") is None else check_str(header, "request")
+        return PingRequest(id=msg_id, request=request)
+    if message.op == "cancel":
+        return CancelRequest(id=msg_id, request=check_str(header, "request"))
+    kind: Callable[..., PlanRequest] = OpenRequest if message.op == "open" else PlanRequest
+    if message.op not in ("plan", "open"):
+        raise ProtocolError(f"unknown operation {clip(message.op)!r}; known: {', '.join(OPS)}", "unknown_op")
+    return kind(id=msg_id, **_plan_fields(header, limits))
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """One chunk of the worker's plan: the output window it fills and the source window it needs."""
+
+    index: int
+    out: tuple[int, int, int, int]
+    src: tuple[int, int, int, int]
+
+    @property
+    def area(self) -> int:
+        return (self.out[2] - self.out[0]) * (self.out[3] - self.out[1])
+
+
+def parse_plan(rows: Any, height: int, width: int) -> list[PlannedChunk]:
+    """The chunks of a plan reply, checked: in order, inside the image, covering every pixel once."""
+    if not isinstance(rows, list):
+        raise ProtocolError("the plan's 'chunks' is not a list")
+    chunks, covered = [], 0
+    for position, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) == 9 and all(is_int(v) for v in row)):
+            raise ProtocolError(f"plan entry {position} is not 9 integers")
+        chunk = PlannedChunk(row[0], tuple(row[1:5]), tuple(row[5:9]))  # type: ignore[arg-type]
+        oy0, ox0, oy1, ox1 = chunk.out
+        sy0, sx0, sy1, sx1 = chunk.src
+        inside = 0 <= sy0 <= oy0 < oy1 <= sy1 <= height and 0 <= sx0 <= ox0 < ox1 <= sx1 <= width
+        if chunk.index != position or not inside:
+            raise ProtocolError(f"plan entry {position} is inconsistent: {clip(row, 120)}")
+        covered += chunk.area
+        chunks.append(chunk)
+    if covered != height * width:
+        raise ProtocolError(f"the worker's plan covers {covered} pixels of {height * width}")
+    return chunks
+
+
+def plan_rows(chunks: Any) -> list[list[int]]:
+    """Plan entries as sent: ``[index, out_y0, out_x0, out_y1, out_x1, src_y0, src_x0, src_y1, src_x1]``."""
+    return [[c.index, c.out.y0, c.out.x0, c.out.y1, c.out.x1, c.src.y0, c.src.x0, c.src.y1, c.src.x1] for c in chunks]
 
 
 __all__ = [
-    "DEFAULT_LIMITS",
-    "ERROR_CODES",
-    "Limits",
-    "Message",
-    "OPS",
-    "PROTOCOL_VERSION",
-    "ProtocolError",
-    "RemoteError",
-    "SegmentationCancelled",
-    "WIRE_DTYPES",
-    "WorkerError",
-    "WorkerUnavailable",
-    "check_int",
-    "check_str",
-    "check_window",
-    "decode",
-    "encode",
-    "error_header",
-    "is_loopback_endpoint",
+    "DEFAULT_LIMITS", "ERROR_CODES", "LEASE_RANGE_S", "MAX_DIMENSION", "MAX_PLAN_CHUNKS", "OPS", "PROTOCOL_VERSION",
+    "WIRE_DTYPES", "CancelRequest", "Endpoint", "EndpointError", "InfoRequest", "Limits", "Message", "OpenRequest",
+    "PingRequest", "PlanRequest", "PlannedChunk", "ProtocolError", "RemoteError", "Request", "SegmentRequest",
+    "SegmentationCancelled", "WorkerError", "WorkerUnavailable", "check_flag", "check_int", "check_number",
+    "check_optional_int", "check_str", "check_window", "clip", "decode", "encode", "error_header", "is_int",
+    "is_loopback_endpoint", "parse_endpoint", "peek_id", "parse_plan", "parse_request", "plan_rows",
 ]

@@ -1,4 +1,4 @@
-"""The worker process: ZeroMQ service, engine adapter and start-up (``python -m worker``); loads torch."""
-from .service import main
+"""The worker process: ZeroMQ service, engine adapter, queue, security and start-up (``python -m worker``)."""
+from .main import main
 
 __all__ = ["main"]

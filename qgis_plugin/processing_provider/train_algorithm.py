@@ -1,0 +1,198 @@
+"""``factseg:train``: fine-tune FactSeg on an exported training folder, on a (GPU) worker, and get the model back.
+
+The closed loop's third step: ``factseg:export_training_data`` → ``factseg:train`` → ``factseg:segment`` with
+the new model. The worker does the training (CUDA with mixed precision when it has a GPU) in a child process;
+this algorithm uploads the folder, shows iteration, loss and ETA, and writes OUTPUT_MODEL only when the model
+has arrived whole. Cancel stops the training on the worker.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from worker.client import WorkerClient
+from worker.client.protocol import RemoteError, WorkerError, WorkerUnavailable
+from worker.client.training_client import RemoteTraining, TrainingCancelled, TrainingProgress
+
+from ..local_workers import LocalWorkerSpec, local_endpoint, release
+from ..plugin_info import ICON_PATH
+from ..settings import DEVICES, PluginSettings
+
+#: Seconds to wait for any one reply (uploading a piece, a status poll); training itself may take hours.
+CALL_TIMEOUT_S = 120.0
+
+
+class TrainAlgorithm(QgsProcessingAlgorithm):
+    """Fine-tune a FactSeg model on an exported folder with a worker."""
+
+    DATA = "DATA"
+    ITERATIONS = "ITERATIONS"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    INIT_FROM = "INIT_FROM"
+    CONFIG = "CONFIG"
+    WORKER = "WORKER"
+    MODEL = "MODEL"
+    WORKER_PYTHON = "WORKER_PYTHON"
+    DEVICE = "DEVICE"
+    MIOU = "MIOU"
+    EVALUATION = "EVALUATION"
+
+    def name(self) -> str:
+        return "train"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Fine-tune a model on exported training data (FactSeg)"
+
+    def group(self) -> str:
+        return ""
+
+    def groupId(self) -> str:  # noqa: N802
+        return ""
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def tags(self) -> list[str]:
+        return ["training", "fine-tuning", "model", "factseg", "gpu"]
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Fine-tunes FactSeg on a folder made by 'Export training data' and writes the new model (a checkpoint "
+            "that factseg:segment and the worker load, with your class names and colours).\n\n"
+            "WORKER: endpoint of a running worker (the GPU machine). If empty, a local worker is started with "
+            "MODEL and the worker Python, and trains on this computer.\n"
+            "INIT_FROM: a checkpoint to start from (default: the model the worker serves; the released "
+            "factseg50.pth works too). Weights whose names and shapes match are kept; the class heads are new "
+            "when your classes differ.\n"
+            "CONFIG: a training YAML (default: the worker's training/configs/finetune.yaml).\n"
+            "The log shows iteration, loss and ETA; Cancel stops the training on the worker and writes nothing."
+        )
+
+    def createInstance(self) -> TrainAlgorithm:  # noqa: N802
+        return TrainAlgorithm()
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802
+        advanced = QgsProcessingParameterDefinition.FlagAdvanced
+        self.addParameter(QgsProcessingParameterFile(
+            self.DATA, "Training data folder (from Export training data)", QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.ITERATIONS, "Iterations", QgsProcessingParameterNumber.Integer, 2000, minValue=1, maxValue=1_000_000))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_MODEL, "Fine-tuned model", "PyTorch checkpoint (*.pt)"))
+        self.addParameter(QgsProcessingParameterFile(
+            self.INIT_FROM, "Start from this checkpoint (default: the model the worker serves)", optional=True,
+            fileFilter="Checkpoints (*.pt *.pth)"))
+        self.addParameter(QgsProcessingParameterFile(
+            self.CONFIG, "Training configuration (YAML)", optional=True, fileFilter="YAML (*.yaml *.yml)"))
+        self.addParameter(QgsProcessingParameterString(
+            self.WORKER, "Worker endpoint (empty: train with a local worker)", "", optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, "Model for a local worker (checkpoint .pt/.pth)", optional=True))
+        for param in (
+            QgsProcessingParameterString(self.WORKER_PYTHON, "Python for a local worker (needs torch)", "",
+                                         optional=True),
+            QgsProcessingParameterEnum(self.DEVICE, "Device for a local worker", list(DEVICES), defaultValue=0),
+        ):
+            param.setFlags(param.flags() | advanced)
+            self.addParameter(param)
+        self.addOutput(QgsProcessingOutputNumber(self.MIOU, "Validation mIoU (%)"))
+        self.addOutput(QgsProcessingOutputString(self.EVALUATION, "Validation per-class IoU (JSON)"))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
+        data = self.parameterAsFile(parameters, self.DATA, context)
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        if not data or not Path(data).is_dir():
+            raise QgsProcessingException("DATA must be a training data folder made by 'Export training data'.")
+        if not output:
+            raise QgsProcessingException("Choose where to write the fine-tuned model (OUTPUT_MODEL).")
+        if Path(output).resolve() in {Path(p).resolve() for p in (
+                self.parameterAsFile(parameters, self.INIT_FROM, context),
+                self.parameterAsFile(parameters, self.MODEL, context)) if p}:
+            raise QgsProcessingException("OUTPUT_MODEL is one of the input models: choose a new file name.")
+        endpoint, local = self._worker(parameters, context)
+        try:
+            evaluation = self._train(parameters, context, feedback, endpoint or local_endpoint(local), data, output)
+        except TrainingCancelled as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        except RemoteError as exc:
+            raise QgsProcessingException(f"The worker refused to train: {exc.message} ({exc.code}).") from exc
+        except WorkerUnavailable as exc:
+            raise QgsProcessingException(f"The worker does not answer: {exc}") from exc
+        except WorkerError as exc:
+            raise QgsProcessingException(f"Training on the worker failed: {exc}") from exc
+        finally:
+            if local is not None:
+                release(local)
+        miou = _miou(evaluation)
+        return {self.OUTPUT_MODEL: output, self.MIOU: miou, self.EVALUATION: json.dumps(evaluation)}
+
+    def _worker(self, parameters, context) -> tuple[str, LocalWorkerSpec | None]:
+        endpoint = (self.parameterAsString(parameters, self.WORKER, context) or "").strip()
+        if endpoint:
+            return endpoint, None
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        if not model:
+            raise QgsProcessingException("Give a WORKER endpoint, or a MODEL to start a local worker with.")
+        python = (self.parameterAsString(parameters, self.WORKER_PYTHON, context) or "").strip()
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        return "", LocalWorkerSpec(python or PluginSettings.load().worker_python, model, device)
+
+    def _train(self, parameters, context, feedback, endpoint: str, data: str, output: str) -> dict | None:
+        init_from = self.parameterAsFile(parameters, self.INIT_FROM, context) or "served"
+        config = self.parameterAsFile(parameters, self.CONFIG, context) or None
+        iterations = self.parameterAsInt(parameters, self.ITERATIONS, context)
+        last = [-1]
+
+        def on_progress(progress: TrainingProgress) -> None:
+            if progress.state != "running" or progress.iteration == last[0]:
+                return
+            last[0] = progress.iteration
+            feedback.setProgress(100.0 * progress.iteration / max(1, progress.iterations or iterations))
+            if progress.iteration:
+                loss = f"{progress.loss:.4f}" if progress.loss is not None else "?"
+                eta = f", ETA {progress.eta_s:.0f} s" if progress.eta_s is not None else ""
+                feedback.pushInfo(f"Iteration {progress.iteration}/{progress.iterations}: loss {loss}{eta}")
+
+        with WorkerClient(endpoint, timeout_s=CALL_TIMEOUT_S, retries=2) as client:
+            info = client.info()
+            feedback.pushInfo(f"Training on {endpoint} ({info.get('device', '?')}), from "
+                              f"{'the served model ' + str(info.get('model_file', '')) if init_from == 'served' else init_from}.")
+            outcome = RemoteTraining(client).run(data, output, iterations, init_from, config, on_progress,
+                                                 feedback.isCanceled, feedback.pushInfo)
+        feedback.pushInfo(f"Wrote {outcome.model_path}.")
+        for line in _iou_lines(outcome.evaluation, outcome.classes):
+            feedback.pushInfo(line)
+        return outcome.evaluation
+
+
+def _miou(evaluation: dict | None) -> float | None:
+    """Validation mIoU in percent (the trainer's eval_val.json holds fractions)."""
+    value = evaluation.get("miou") if isinstance(evaluation, dict) else None
+    return round(100.0 * float(value), 2) if isinstance(value, (int, float)) else None
+
+
+def _iou_lines(evaluation: dict | None, classes: list[dict]) -> list[str]:
+    """The validation split's per-class IoU in words, as training/evaluate.py reports them."""
+    if not isinstance(evaluation, dict):
+        return ["No validation result (the export has no val tiles, or evaluation is off in the config)."]
+    lines = [f"Validation mIoU {_miou(evaluation)} %"]
+    for row in evaluation.get("per_class") or []:
+        iou = row.get("iou")
+        lines.append(f"  {row.get('name', row.get('id'))}: {'-' if iou is None else f'{100 * iou:.2f} %'}")
+    return lines
