@@ -77,7 +77,8 @@ class TrainingManager:
 
     def __init__(self, served_model: str | os.PathLike, device: str = "auto", python: str = sys.executable,
                  temp_root: str | os.PathLike | None = None) -> None:
-        self.served_model = Path(served_model)
+        # Absolute: the training process runs from the repository, not from the worker's working directory.
+        self.served_model = Path(served_model).resolve() if str(served_model) else Path()
         self.device = device
         self.python = python
         self.temp_root = temp_root
