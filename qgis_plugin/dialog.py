@@ -1,8 +1,10 @@
 """The Segment Layer dialog (widgets built in code, no .ui file to compile).
 
-It gathers the request (layer, extent, resolution, bands, worker, sliding-window sizes, outputs), remembers the
-choices in QgsSettings and turns them into a :class:`JobRequest` with :meth:`SegmentDialog.build_request`; the
-plugin runs that as a task. The dialog is modeless so that a rectangle can be drawn on the map.
+It gathers the request (layer, extent, resolution, bands, worker and its keys, sliding-window sizes, outputs),
+remembers the choices in QgsSettings and turns them into the parameters of ``factseg:segment``
+(:meth:`SegmentDialog.build_parameters`): the dialog is a face for the Processing algorithm, which the plugin runs
+as a Processing task (:class:`.task.SegmentRun`). The request is prepared when Segment is pressed, so a bad one is
+explained in the dialog, which stays open. The dialog is modeless so that a rectangle can be drawn on the map.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import html
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsMapLayerProxyModel,
+    QgsProcessingFeatureSourceDefinition,
     QgsProcessingUtils,
     QgsProject,
     QgsRasterLayer,
@@ -31,21 +34,20 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from worker.client import WorkerClient
-from worker.client.protocol import WorkerError
-
+from .curve import resolve_keys
 from .errors import FactSegError
 from .grid import ground_metres_per_unit, native_resolution
-from .job import JobRequest, WorkerTarget, prepare_job
-from .local_workers import LocalWorkerSpec
 from .raster_reading import ARGB_TYPES, default_bands
 from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
-from .styling import display_name
+from .styling import display_color, display_name, object_classes
+from .task import SegmentRun
+from .worker_import import WorkerClient, WorkerError
 
 EXTENT_LABELS = ("Layer extent", "Map canvas extent", "Selected features of a polygon layer", "Drawn rectangle")
 UNIT_LABELS = ("map units", "cm / pixel")
@@ -60,7 +62,7 @@ class SegmentDialog(QDialog):
         self.iface = iface
         self.canvas = iface.mapCanvas() if iface is not None else None
         self.settings = PluginSettings.load()
-        self.request: JobRequest | None = None
+        self.run: SegmentRun | None = None
         self._drawn: tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None = None
         self._native_value: float | None = None
         self._previous_tool = None
@@ -77,7 +79,7 @@ class SegmentDialog(QDialog):
         source = QGroupBox("Input")
         form = QFormLayout(source)
         self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.layer_combo.layerChanged.connect(self._layer_changed)
         form.addRow("Raster layer", self.layer_combo)
         self.extent_combo = QComboBox()
@@ -85,7 +87,7 @@ class SegmentDialog(QDialog):
         self.extent_combo.currentIndexChanged.connect(self._extent_source_changed)
         form.addRow("Extent", self.extent_combo)
         self.polygon_combo = QgsMapLayerComboBox()
-        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.polygon_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         form.addRow("Polygon layer", self.polygon_combo)
         self.clip_check = QCheckBox("Only inside the selected polygons (pixels outside become nodata)")
         self.clip_check.setChecked(True)
@@ -134,6 +136,13 @@ class SegmentDialog(QDialog):
         self.endpoint_edit = QLineEdit()
         self.endpoint_edit.setPlaceholderText("tcp://127.0.0.1:5555")
         form.addRow(self.endpoint_radio, self.endpoint_edit)
+        self.server_key_edit = QLineEdit()
+        self.server_key_edit.setPlaceholderText("remote worker: its server.key file or 40 z85 characters")
+        self.client_key_widget = QgsFileWidget()
+        self.client_key_widget.setFilter("CURVE secret keys (*.key_secret);;All files (*)")
+        self.client_key_widget.setDialogTitle("This client's secret key (.key_secret)")
+        self.authcfg_edit = QLineEdit()
+        self.authcfg_edit.setPlaceholderText("or: id of a QGIS authentication configuration holding both keys")
         form.addRow(self.local_radio)
         self.python_widget = QgsFileWidget()
         self.python_widget.setDialogTitle("Python interpreter with torch")
@@ -146,30 +155,42 @@ class SegmentDialog(QDialog):
         form.addRow("Device", self.device_combo)
         self.check_button = QPushButton("Check worker")
         self.check_button.clicked.connect(self.check_worker)
+        form.addRow("Server key", self.server_key_edit)
+        form.addRow("Client key", self.client_key_widget)
+        form.addRow("Authentication", self.authcfg_edit)
         self.classes_label = QLabel()
         self.classes_label.setWordWrap(True)
-        self.classes_label.setTextFormat(Qt.RichText)
-        form.addRow(self.check_button, self.classes_label)
-        self.patch_spin = _spin(32, 4096, "Sliding-window size in pixels (reference: 896)")
-        self.stride_spin = _spin(1, 4096, "Step between windows in pixels (reference: 512)")
+        self.classes_label.setTextFormat(Qt.TextFormat.RichText)
+        self.classes_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.MinimumExpanding)
+        form.addRow(self.check_button)
+        form.addRow(self.classes_label)  # a row of its own, full width: the class legend wraps, never clips
+        self.patch_spin = _spin(0, 4096, "Sliding-window size in pixels (model: the model's own; FactSeg: 896)")
+        self.stride_spin = _spin(0, 4096, "Step between windows in pixels (model: the model's own; FactSeg: 512)")
+        self.chunk_spin = _spin(0, 65536, "Pixels per chunk side sent to the worker (worker: its default)")
         self.batch_spin = _spin(0, 256, "Windows per forward pass of a local worker (0: its default)")
         row = QHBoxLayout()
-        for label, spin in (("Patch", self.patch_spin), ("Stride", self.stride_spin), ("Batch", self.batch_spin)):
+        for label, spin, special in (("Patch", self.patch_spin, "model"), ("Stride", self.stride_spin, "model"),
+                                     ("Chunk", self.chunk_spin, "worker"), ("Batch", self.batch_spin, "default")):
+            spin.setSpecialValueText(special)
             row.addWidget(QLabel(label))
             row.addWidget(spin)
         form.addRow("Windows", _wrap(row))
+        self.tta_check = QCheckBox("Flip test-time augmentation (slower, steadier)")
+        form.addRow("", self.tta_check)
         layout.addWidget(worker)
 
         output = QGroupBox("Output")
         form = QFormLayout(output)
         self.output_widget = QgsFileWidget()
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output_widget.lineEdit().setPlaceholderText("[Save to temporary file]")
         form.addRow("Class raster", self.output_widget)
         self.polygons_check = QCheckBox("Add polygons (one per object, with class name and area)")
+        self.confidence_check = QCheckBox("Write a confidence raster (probability of the chosen class)")
         self.statistics_check = QCheckBox("Report area and share of each class")
         form.addRow(self.polygons_check)
+        form.addRow(self.confidence_check)
         form.addRow(self.statistics_check)
         layout.addWidget(output)
 
@@ -177,8 +198,8 @@ class SegmentDialog(QDialog):
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #b00020")
         layout.addWidget(self.error_label)
-        self.button_box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        self.button_box.button(QDialogButtonBox.Ok).setText("Segment")
+        self.button_box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.button_box.button(QDialogButtonBox.StandardButton.Ok).setText("Segment")
         self.button_box.accepted.connect(self.accept)
         self.button_box.rejected.connect(self.reject)
         layout.addWidget(self.button_box)
@@ -194,6 +215,12 @@ class SegmentDialog(QDialog):
         self.patch_spin.setValue(s.patch)
         self.stride_spin.setValue(s.stride)
         self.batch_spin.setValue(s.batch_size)
+        self.chunk_spin.setValue(s.chunk_size)
+        self.tta_check.setChecked(s.tta)
+        self.confidence_check.setChecked(s.confidence)
+        self.server_key_edit.setText(s.server_key)
+        self.client_key_widget.setFilePath(s.client_key)
+        self.authcfg_edit.setText(s.authcfg)
         self.units_combo.setCurrentIndex(RESOLUTION_UNITS.index(s.resolution_units)
                                          if s.resolution_units in RESOLUTION_UNITS else 0)
         self.scaling_combo.setCurrentIndex(SCALING_MODES.index(s.scaling) if s.scaling in SCALING_MODES else 0)
@@ -214,6 +241,12 @@ class SegmentDialog(QDialog):
             patch=self.patch_spin.value(),
             stride=self.stride_spin.value(),
             batch_size=self.batch_spin.value(),
+            chunk_size=self.chunk_spin.value(),
+            tta=self.tta_check.isChecked(),
+            confidence=self.confidence_check.isChecked(),
+            server_key=self.server_key_edit.text().strip(),
+            client_key=self.client_key_widget.filePath().strip(),
+            authcfg=self.authcfg_edit.text().strip(),
             resolution_units=RESOLUTION_UNITS[self.units_combo.currentIndex()],
             scaling=SCALING_MODES[self.scaling_combo.currentIndex()],
             extent_source=EXTENT_SOURCES[self.extent_combo.currentIndex()],
@@ -247,8 +280,9 @@ class SegmentDialog(QDialog):
 
     def _worker_mode_changed(self, *_args) -> None:
         local = self.local_radio.isChecked()
-        self.endpoint_edit.setEnabled(not local)
-        self.check_button.setEnabled(not local)
+        for widget in (self.endpoint_edit, self.check_button, self.server_key_edit, self.client_key_widget,
+                       self.authcfg_edit):
+            widget.setEnabled(not local)
         for widget in (self.python_widget, self.model_widget, self.device_combo):
             widget.setEnabled(local)
 
@@ -310,17 +344,22 @@ class SegmentDialog(QDialog):
         """Ask the endpoint for its model and classes; show them (the worker decides names and colours)."""
         endpoint = self.endpoint_edit.text().strip()
         try:
-            with WorkerClient(endpoint, timeout_s=CHECK_TIMEOUT_S, retries=0) as client:
+            s = self.current_settings()
+            keys = resolve_keys(s.server_key, s.client_key, s.authcfg)
+            with WorkerClient(endpoint, timeout_s=CHECK_TIMEOUT_S, retries=0, server_public_key=keys.server_public,
+                              client_keys=keys.client_keys) as client:
                 info = client.info()
-        except (WorkerError, ValueError) as exc:
+        except (WorkerError, ValueError, FactSegError) as exc:
             self.classes_label.setText(html.escape(f"No FactSeg worker answers at {endpoint!r}: {exc}"))
             return None
         swatches = " ".join(
-            f'<span style="background-color: rgb({c["color"][0]},{c["color"][1]},{c["color"][2]})">&nbsp;&nbsp;'
-            f'&nbsp;</span>&nbsp;{html.escape(display_name(c["name"]))}' for c in info.get("classes", []))
+            f'<span style="background-color: {display_color(c["id"]).name()}">&nbsp;&nbsp;&nbsp;</span>&nbsp;'
+            f'{html.escape(display_name(c["name"]))}' for c in object_classes(info.get("classes", [])))
+        link = (f"CURVE-authenticated, trusting server key {html.escape(keys.server_public.decode()[:8])}…"
+                if keys.authenticated else "unauthenticated loopback/ipc link")
         self.classes_label.setText(
             f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
-            f"{html.escape(str(info.get('device', '?')))}: {swatches}")
+            f"{html.escape(str(info.get('device', '?')))}, {link}. On the map (background transparent): {swatches}")
         return info
 
     # -- the request ----------------------------------------------------------------------------------------
@@ -345,50 +384,67 @@ class SegmentDialog(QDialog):
             raise FactSegError("Draw a rectangle on the map first (Draw on map…).")
         return self._drawn
 
-    def build_request(self) -> JobRequest:
-        """Check the choices and capture the job (raises FactSegError in plain words)."""
+    def build_parameters(self) -> dict:
+        """The dialog's choices as ``factseg:segment`` parameters (raises FactSegError in plain words)."""
         layer = self.layer_combo.currentLayer()
         if not isinstance(layer, QgsRasterLayer):
             raise FactSegError("Choose a raster layer to segment.")
         s = self.current_settings()
+        params: dict = {"INPUT": layer, "PATCH": s.patch, "STRIDE": s.stride, "CHUNK_SIZE": s.chunk_size,
+                        "TTA": s.tta, "SCALING": SCALING_MODES.index(s.scaling),
+                        "RESOLUTION_UNITS": RESOLUTION_UNITS.index(s.resolution_units)}
         if s.start_local:
-            target = WorkerTarget(local=LocalWorkerSpec(s.worker_python, s.model_path, s.device, s.batch_size))
+            params.update(MODEL=s.model_path, WORKER_PYTHON=s.worker_python, DEVICE=DEVICES.index(s.device),
+                          BATCH_SIZE=s.batch_size)
+            if not s.model_path:
+                raise FactSegError("No model file is set: choose a FactSeg checkpoint (.pt/.pth) or ONNX model.")
         else:
             if not s.endpoint:
                 raise FactSegError("Give the worker endpoint (e.g. tcp://127.0.0.1:5555) or start a local worker.")
-            target = WorkerTarget(endpoint=s.endpoint)
+            params.update(WORKER=s.endpoint, SERVER_KEY=s.server_key, CLIENT_KEY=s.client_key, AUTHCFG=s.authcfg)
         extent = self.current_extent()
+        if extent is not None:
+            params["EXTENT"] = _extent_text(*extent)
         value = self.resolution_spin.value()
         resolution = 0.0 if self._native_value is not None and value == self._native_value else value
         if resolution <= 0 and native_resolution(layer) is None:
             raise FactSegError(f"Layer {layer.name()!r} has no native pixel size: set the resolution.")
+        params["RESOLUTION"] = resolution
         output = self.output_widget.filePath().strip() or QgsProcessingUtils.generateTempFilename("factseg.tif")
-        vector = None
+        params["OUTPUT"] = output
+        stem = output.rsplit(".", 1)[0]
         if s.add_polygons:
-            vector = output.rsplit(".", 1)[0] + "_objects.gpkg"
-        argb = layer.dataProvider().dataType(1) in ARGB_TYPES
-        bands = None if argb else tuple(max(1, combo.currentBand()) for combo in self.band_combos)
-        aoi = aoi_crs = None
+            params["OUTPUT_VECTOR"] = stem + "_objects.gpkg"
+        if s.confidence:
+            params["OUTPUT_CONFIDENCE"] = stem + "_confidence.tif"
+        if layer.dataProvider().dataType(1) not in ARGB_TYPES:
+            params["BANDS"] = ",".join(str(max(1, combo.currentBand())) for combo in self.band_combos)
         if s.extent_source == "selection" and self.clip_check.isChecked():
-            polygons = self.polygon_combo.currentLayer()
-            aoi, aoi_crs = [f.geometry() for f in polygons.selectedFeatures()], polygons.crs()
-        return prepare_job(
-            layer, output, target,
-            extent=extent[0] if extent else None, extent_crs=extent[1] if extent else None,
-            resolution=resolution, resolution_units=s.resolution_units, bands=bands, scaling=s.scaling,
-            patch=s.patch, stride=s.stride, vector_path=vector, statistics=s.show_statistics,
-            context=QgsProject.instance().transformContext(), aoi=aoi, aoi_crs=aoi_crs)
+            params["MASK"] = QgsProcessingFeatureSourceDefinition(self.polygon_combo.currentLayer().id(), True)
+        return params
 
     def accept(self) -> None:
+        """Prepare the run (errors stay in the dialog); the plugin starts it once the dialog closes."""
         try:
-            self.request = self.build_request()
+            run = SegmentRun(self.build_parameters(), self.iface.messageBar() if self.iface else None,
+                             layer_name=self.layer_combo.currentLayer().name())
+            if run.prepare_error is not None:
+                raise FactSegError(run.prepare_error)
         except FactSegError as exc:
             self.error_label.setText(str(exc))
             return
+        self.run = run
         self.error_label.clear()
         self.settings = self.current_settings()
         self.settings.save()
         super().accept()
+
+
+def _extent_text(rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> str:
+    """An extent as Processing reads it: 'xmin,xmax,ymin,ymax [AUTHID]', full precision."""
+    values = (rectangle.xMinimum(), rectangle.xMaximum(), rectangle.yMinimum(), rectangle.yMaximum())
+    text = ",".join(repr(float(v)) for v in values)
+    return f"{text} [{crs.authid()}]" if crs.isValid() and crs.authid() else text
 
 
 def _spin(low: int, high: int, tip: str) -> QSpinBox:
