@@ -1,5 +1,6 @@
-"""The Segment Layer task path in a real headless QGIS with a real worker: progress, styled layers added on the
-main thread, cancel midway (the worker stops, nothing added, no file under the output name), errors in words."""
+"""The Segment Layer path in a real headless QGIS with a real worker: the dialog's parameters run through
+factseg:segment as a Processing task; progress, styled layers added on the main thread, cancel midway (the worker
+stops, nothing added, no file under the output name), errors in words."""
 from __future__ import annotations
 
 import threading
@@ -34,15 +35,17 @@ def plugin(qgis_iface, qgis_processing):
     QgsProject.instance().removeAllMapLayers()
 
 
-def make_request(tmp_path, endpoint, size=(160, 200), **kwargs):
-    from qgis_plugin.job import WorkerTarget, prepare_job
-
+def make_params(tmp_path, endpoint, size=(160, 200), **kwargs):
+    """factseg:segment parameters as the dialog builds them, for a scene layer added to the project."""
     src = write_geotiff(tmp_path / "in.tif", scene(*size, seed=7), UTM_GT, 32633)
     layer = QgsRasterLayer(str(src), "scene")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
-    target = kwargs.pop("target", None) or WorkerTarget(endpoint)
-    return prepare_job(layer, tmp_path / "classes.tif", target, patch=PATCH, stride=STRIDE, **kwargs)
+    params = {"INPUT": layer, "OUTPUT": str(tmp_path / "classes.tif"), "PATCH": PATCH, "STRIDE": STRIDE}
+    if endpoint:
+        params["WORKER"] = endpoint
+    params.update(kwargs)
+    return params
 
 
 def wait_for(task, timeout_s=120.0):
@@ -57,45 +60,55 @@ def wait_for(task, timeout_s=120.0):
 
 
 def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgis_iface):
-    request = make_request(tmp_path, worker.endpoint, vector_path=tmp_path / "objects.gpkg")
-    task = plugin.start_task(request)
+    from qgis.core import QgsCategorizedSymbolRenderer
+
+    from qgis_plugin.styling import DISPLAY_PALETTE
+
+    task = plugin.start_run(make_params(tmp_path, worker.endpoint, OUTPUT_VECTOR=str(tmp_path / "objects.gpkg")))
     progress = []
     task.progressChanged.connect(progress.append)
     wait_for(task)
-    assert task.status() == QgsTask.Complete and task.error is None
+    assert task.status() == QgsTask.TaskStatus.Complete and task.error is None
     assert progress and max(progress) == pytest.approx(100.0)
     raster, vector = task.added_layers
     assert raster.id() in QgsProject.instance().mapLayers() and vector.id() in QgsProject.instance().mapLayers()
     renderer = raster.renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     labels = {c.value: c.label for c in renderer.classes()}
-    assert labels[1] == "ship" and labels[9] == "small vehicle" and len(labels) == 16
-    assert renderer.classes()[14].color.getRgb()[:3] == (0, 127, 255)
-    assert vector.featureCount() == task.result.feature_count > 0
-    assert {"class_id", "class_name", "area_m2"} <= set(vector.fields().names())
-    success = qgis_iface.messageBar().get_messages(Qgis.Success)
+    # the legend lists the 15 object classes by name; background (0) is left out, so it is transparent
+    assert labels[1] == "ship" and labels[9] == "small vehicle" and len(labels) == 15 and 0 not in labels
+    assert renderer.classes()[13].value == 14 and renderer.classes()[13].color.getRgb()[:3] == DISPLAY_PALETTE[13]
+    assert vector.featureCount() == task.results["FEATURE_COUNT"] > 0
+    assert {"class_id", "class_name"} <= set(vector.fields().names())
+    categorized = vector.renderer()
+    assert isinstance(categorized, QgsCategorizedSymbolRenderer) and categorized.classAttribute() == "class_id"
+    by_value = {int(c.value()): c for c in categorized.categories()}
+    assert by_value[1].label() == "ship" and by_value[1].symbol().color().getRgb()[:3] == DISPLAY_PALETTE[0]
+    success = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
     assert success and "%" in success[-1] and "m²" in success[-1]
     ids, _ = read_classes(tmp_path / "classes.tif")
     assert ids.shape == (160, 200)
-    assert plugin.tasks == []
+    assert plugin.runs == []
 
 
-def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface):
+def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface, monkeypatch):
     from worker.client import WorkerClient
 
-    request = make_request(tmp_path, worker.endpoint, size=(256, 256), chunk_size=128)  # 4 chunks
-    reads, gate = [], threading.Event()
-    read = request.reader.read
+    from qgis_plugin.raster_reading import RasterReader
 
-    def gated_read(*window):  # hold the 3rd chunk's read until the test has pressed cancel
+    params = make_params(tmp_path, worker.endpoint, size=(256, 256), CHUNK_SIZE=128)  # 4 chunks
+    reads, gate = [], threading.Event()
+    read = RasterReader.read
+
+    def gated_read(self, *window):  # hold the 3rd chunk's read until the test has pressed cancel
         reads.append(window)
         if len(reads) == 3:
             gate.wait(30)
-        return read(*window)
+        return read(self, *window)
 
-    request.reader.read = gated_read
+    monkeypatch.setattr(RasterReader, "read", gated_read)
     layers_before = set(QgsProject.instance().mapLayers())
-    task = plugin.start_task(request)
+    task = plugin.start_run(params)
     progress = []
     task.progressChanged.connect(progress.append)
     deadline = time.monotonic() + 60
@@ -106,13 +119,13 @@ def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path,
     task.cancel()
     gate.set()
     wait_for(task)
-    assert task.status() == QgsTask.Terminated
+    assert task.status() == QgsTask.TaskStatus.Terminated
     assert "cancelled" in str(task.error)
     assert len(reads) < 5
     assert set(QgsProject.instance().mapLayers()) == layers_before
     assert not (tmp_path / "classes.tif").exists()
     assert not list(tmp_path.glob(".classes.tif*"))
-    assert any("cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
+    assert any("cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Info))
     with WorkerClient(worker.endpoint) as client:  # the worker dropped the rest and is idle again
         deadline = time.monotonic() + 10
         while (state := client.status())["busy"] or state["queued"]:
@@ -120,15 +133,15 @@ def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path,
             time.sleep(0.1)
 
 
-def test_unreachable_worker_reported_in_message_bar(plugin, tmp_path, qgis_iface):
-    from qgis_plugin.job import WorkerTarget
+def test_unreachable_worker_reported_in_message_bar(plugin, tmp_path, qgis_iface, monkeypatch):
+    from qgis_plugin import job
 
+    monkeypatch.setattr(job, "PROBE_TIMEOUT_S", 1.0)
     nobody = f"ipc://{tmp_path}/nobody.sock"
-    request = make_request(tmp_path, nobody, target=WorkerTarget(nobody, probe_timeout_s=1.0))
-    task = plugin.start_task(request)
+    task = plugin.start_run(make_params(tmp_path, nobody))
     wait_for(task)
-    assert task.status() == QgsTask.Terminated
-    critical = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert task.status() == QgsTask.TaskStatus.Terminated
+    critical = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
     assert critical and f"worker at {nobody} does not answer" in critical[-1]
     assert not (tmp_path / "classes.tif").exists()
 
@@ -140,8 +153,7 @@ def test_task_output_matches_processing_code_path(plugin, worker, tmp_path):
 
     from qgis_plugin.processing_provider import FactSegProvider
 
-    request = make_request(tmp_path, worker.endpoint)
-    task = plugin.start_task(request)
+    task = plugin.start_run(make_params(tmp_path, worker.endpoint))
     wait_for(task)
     ids_task, _ = read_classes(tmp_path / "classes.tif")
     registry = QgsApplication.processingRegistry()
@@ -159,8 +171,6 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     from PIL import Image
     from qgis.core import QgsRectangle
 
-    from qgis_plugin.job import WorkerTarget, prepare_job
-
     tiles = scene(512, 512, seed=9).astype(np.uint8).transpose(1, 2, 0)
     for x in (0, 1):
         for y in (0, 1):
@@ -173,11 +183,13 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     zoom1 = 40075016.68557849 / 512
     origin = -20037508.342789244
     extent = QgsRectangle(origin + 100 * zoom1, -origin - 300 * zoom1, origin + 300 * zoom1, -origin - 100 * zoom1)
-    request = prepare_job(layer, tmp_path / "classes.tif", WorkerTarget(worker.endpoint), extent=extent,
-                          resolution=zoom1, patch=PATCH, stride=STRIDE)
-    task = plugin.start_task(request)
+    from qgis_plugin.dialog import _extent_text
+
+    task = plugin.start_run({"INPUT": layer, "OUTPUT": str(tmp_path / "classes.tif"), "WORKER": worker.endpoint,
+                             "EXTENT": _extent_text(extent, layer.crs()), "RESOLUTION": zoom1, "PATCH": PATCH,
+                             "STRIDE": STRIDE})
     wait_for(task)
-    assert task.status() == QgsTask.Complete, task.error
+    assert task.status() == QgsTask.TaskStatus.Complete, task.error
     ids, ds = read_classes(tmp_path / "classes.tif")
     assert ids.shape == (200, 200) and ds.GetGeoTransform()[1] == pytest.approx(zoom1)
     from plugin_support import reference_classes
@@ -205,19 +217,17 @@ def test_local_worker_is_reused_between_tasks_and_stopped_at_unload(plugin, tiny
     from plugin_support import VENV_PYTHON
 
     from qgis_plugin import local_workers
-    from qgis_plugin.job import WorkerTarget
-    from qgis_plugin.local_workers import LocalWorkerSpec
 
-    target = WorkerTarget(local=LocalWorkerSpec(str(VENV_PYTHON), str(tiny_checkpoint), "cpu"))
-    first = plugin.start_task(make_request(tmp_path, "", size=(64, 64), target=target))
+    local = {"MODEL": str(tiny_checkpoint), "WORKER_PYTHON": str(VENV_PYTHON), "DEVICE": 1}
+    first = plugin.start_run(make_params(tmp_path, "", size=(64, 64), **local))
     wait_for(first)
-    assert first.status() == QgsTask.Complete, first.error
+    assert first.status() == QgsTask.TaskStatus.Complete, first.error
     endpoints = local_workers.running_endpoints()
     assert len(endpoints) == 1
     (tmp_path / "classes.tif").unlink()
-    second = plugin.start_task(make_request(tmp_path, "", size=(64, 64), target=target))
+    second = plugin.start_run(make_params(tmp_path, "", size=(64, 64), **local))
     wait_for(second)
-    assert second.status() == QgsTask.Complete, second.error
+    assert second.status() == QgsTask.TaskStatus.Complete, second.error
     assert local_workers.running_endpoints() == endpoints  # the same process served both
     plugin.unload()
     assert local_workers.running_endpoints() == []

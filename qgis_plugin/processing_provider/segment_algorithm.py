@@ -245,6 +245,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         except FactSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
         self._result = result
+        for key in (self.OUTPUT, self.OUTPUT_VECTOR, self.OUTPUT_CONFIDENCE):
+            # register the outputs to load on *this* context: off the main thread it is Processing's thread
+            # context, whose results replace the caller's when the run is post-processed
+            self.parameterAsOutputLayer(parameters, key, context)
         feedback.pushInfo(f"Classes: {format_statistics(result.statistics)}")
         return {
             self.OUTPUT: str(result.raster_path),
