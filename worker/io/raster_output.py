@@ -2,9 +2,11 @@
 
 255 is nodata; the band carries a colour table and category names (class names), the class table as JSON
 in the band metadata (kept inside the TIFF itself, so it survives when the ``.aux.xml`` sidecar that GDAL
-uses for category names is lost); tiled and DEFLATE-compressed. The file is written under a temporary name
-beside the target and renamed only when complete, so a failed or cancelled job never leaves a file that
-looks finished. GDAL only: this module is used by the worker's command line and inside QGIS.
+uses for category names is lost); tiled and DEFLATE-compressed, with internal overviews (MODE for classes, so
+a zoomed-out map still shows class ids, never blends of them; AVERAGE for the confidence raster) so large
+results draw fast at small scales. The files are written under partial names beside the targets (an
+:class:`~worker.io.outputs.OutputSet`, the caller's or the writer's own) and published only when complete,
+so a failed or cancelled job never leaves a file that looks finished. GDAL only: used by the CLI and in QGIS.
 """
 from __future__ import annotations
 
@@ -17,17 +19,29 @@ from types import TracebackType
 import numpy as np
 from osgeo import gdal
 
+from .outputs import OutputSet, partial_path, sidecars
+
 gdal.UseExceptions()
+
+__all__ = ["NODATA", "ClassRasterWriter", "confidence_path", "partial_path", "read_class_table", "overview_factors"]
 
 NODATA = 255
 CREATION_OPTIONS = ("TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
 CLASS_TABLE_KEY = "FACTSEG_CLASSES"
+CONFIDENCE_NODATA = -1.0
+#: Overviews are added (factors 2, 4, 8, …) until the smallest fits in one block, as ``gdaladdo`` does.
+OVERVIEW_MIN_SIZE = 256
+CLASS_RESAMPLING = "MODE"
+CONFIDENCE_RESAMPLING = "AVERAGE"
 
 
-def partial_path(path: Path) -> Path:
-    """Temporary name used while ``path`` is being written: same folder (so the final rename is atomic), hidden,
-    and the same extension (drivers such as GeoPackage check it)."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+def overview_factors(width: int, height: int, min_size: int = OVERVIEW_MIN_SIZE) -> list[int]:
+    """Decimation factors 2, 4, 8, … until the overview's larger side is at most ``min_size`` pixels."""
+    factors, factor = [], 2
+    while -(-max(width, height) // (factor // 2)) > min_size:
+        factors.append(factor)
+        factor *= 2
+    return factors
 
 
 def confidence_path(path: Path) -> Path:
@@ -55,7 +69,13 @@ def category_names(classes: Sequence[dict]) -> list[str]:
 
 
 class ClassRasterWriter:
-    """Writes a class GeoTIFF block by block; ``commit()`` publishes it, ``abort()`` removes every trace."""
+    """Writes a class GeoTIFF (and optionally its confidence raster) block by block.
+
+    ``outputs``: the run's :class:`OutputSet`; the writer registers its files there and :meth:`commit` only
+    finishes them (overviews, flush, close) under their partial names, :attr:`written_path`, for the caller to
+    read (statistics, polygons) and publish with the rest of the run. Without ``outputs`` the writer keeps its
+    own set and :meth:`commit` also publishes. :meth:`abort` removes every trace of the files.
+    """
 
     def __init__(
         self,
@@ -66,6 +86,9 @@ class ClassRasterWriter:
         crs_wkt: str,
         classes: Sequence[dict],
         confidence: bool = False,
+        *,
+        outputs: OutputSet | None = None,
+        overviews: bool = True,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"output raster must have a positive size, got {width}×{height}")
@@ -74,31 +97,52 @@ class ClassRasterWriter:
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.classes = [dict(c) for c in classes]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.overviews = overviews
+        self._own_outputs = outputs is None
+        if outputs is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            outputs = OutputSet()
+        self.outputs = outputs
         self._targets = [self.path] + ([confidence_path(self.path)] if confidence else [])
+        self._partials = [outputs.add(target) for target in self._targets]
         self._datasets: list[gdal.Dataset | None] = []
-        driver = gdal.GetDriverByName("GTiff")
         try:
-            for index, target in enumerate(self._targets):
-                dtype = gdal.GDT_Byte if index == 0 else gdal.GDT_Float32
-                ds = driver.Create(str(partial_path(target)), self.width, self.height, 1, dtype, list(CREATION_OPTIONS))
-                ds.SetGeoTransform(tuple(float(v) for v in geotransform))
-                if crs_wkt:
-                    ds.SetProjection(crs_wkt)
-                band = ds.GetRasterBand(1)
-                if index == 0:
-                    band.SetNoDataValue(NODATA)
-                    band.SetRasterColorTable(color_table(self.classes))
-                    band.SetCategoryNames(category_names(self.classes))
-                    band.SetMetadataItem(CLASS_TABLE_KEY, json.dumps(self.classes))
-                    band.SetDescription("class id")
-                else:
-                    band.SetNoDataValue(-1.0)
-                    band.SetDescription("confidence (probability of the chosen class)")
-                self._datasets.append(ds)
+            for index, partial in enumerate(self._partials):
+                self._datasets.append(self._create(partial, geotransform, crs_wkt, is_confidence=index > 0))
         except Exception:
             self.abort()
             raise
+
+    def _create(self, partial: Path, geotransform: Sequence[float], crs_wkt: str, is_confidence: bool) -> gdal.Dataset:
+        dtype = gdal.GDT_Float32 if is_confidence else gdal.GDT_Byte
+        driver = gdal.GetDriverByName("GTiff")
+        ds = driver.Create(str(partial), self.width, self.height, 1, dtype, list(CREATION_OPTIONS))
+        ds.SetGeoTransform(tuple(float(v) for v in geotransform))
+        if crs_wkt:
+            ds.SetProjection(crs_wkt)
+        band = ds.GetRasterBand(1)
+        if is_confidence:
+            band.SetNoDataValue(CONFIDENCE_NODATA)
+            band.SetDescription("confidence (probability of the chosen class)")
+        else:
+            band.SetNoDataValue(NODATA)
+            band.SetRasterColorTable(color_table(self.classes))
+            band.SetCategoryNames(category_names(self.classes))
+            band.SetMetadataItem(CLASS_TABLE_KEY, json.dumps(self.classes))
+            band.SetDescription("class id")
+        return ds
+
+    @property
+    def written_path(self) -> Path:
+        """Where the class raster is readable now: its partial name until the output set is committed."""
+        return self.path if self.outputs.committed else self._partials[0]
+
+    @property
+    def written_confidence_path(self) -> Path | None:
+        """Where the confidence raster is readable now (None when not written)."""
+        if len(self._targets) < 2:
+            return None
+        return self._targets[1] if self.outputs.committed else self._partials[1]
 
     def write(self, y0: int, x0: int, classes: np.ndarray, confidence: np.ndarray | None = None) -> None:
         """Write a block of class ids (uint8, 255 = nodata) with its top-left pixel at (y0, x0)."""
@@ -112,8 +156,8 @@ class ClassRasterWriter:
         if len(self._datasets) > 1:
             if confidence is None:
                 raise ValueError("this writer was opened with confidence=True: pass the confidence block")
-            conf = np.where(classes == NODATA, -1.0, np.asarray(confidence, dtype=np.float32)).astype(np.float32)
-            self._dataset(1).GetRasterBand(1).WriteArray(conf, xoff=int(x0), yoff=int(y0))
+            conf = np.where(classes == NODATA, CONFIDENCE_NODATA, np.asarray(confidence, dtype=np.float32))
+            self._dataset(1).GetRasterBand(1).WriteArray(conf.astype(np.float32), xoff=int(x0), yoff=int(y0))
 
     def _dataset(self, index: int) -> gdal.Dataset:
         ds = self._datasets[index] if index < len(self._datasets) else None
@@ -121,25 +165,34 @@ class ClassRasterWriter:
             raise RuntimeError(f"{self.path} is already committed or aborted")
         return ds
 
+    def finish(self) -> Path:
+        """Build the overviews and close the files, still under their partial names; returns the class raster's."""
+        try:
+            for index in range(len(self._datasets)):
+                ds = self._dataset(index)
+                factors = overview_factors(self.width, self.height) if self.overviews else []
+                if factors:
+                    _build_overviews(ds, CONFIDENCE_RESAMPLING if index else CLASS_RESAMPLING, factors)
+                ds.FlushCache()
+            self._close()
+        except Exception:
+            self.abort()
+            raise
+        return self._partials[0]
+
     def commit(self) -> Path:
-        """Finish the files (statistics, flush) and move them to their final names; returns the class raster."""
-        for index in range(len(self._datasets)):
-            ds = self._dataset(index)
-            ds.FlushCache()
-        self._close()
-        for target in self._targets:
-            for suffix in ("", ".aux.xml"):
-                src = Path(str(partial_path(target)) + suffix)
-                if src.exists():
-                    os.replace(src, Path(str(target) + suffix))
-        return self.path
+        """Finish the files; publish them too when the writer owns its output set. Returns the class raster."""
+        self.finish()
+        if self._own_outputs:
+            self.outputs.commit()
+        return self.written_path
 
     def abort(self) -> None:
-        """Discard everything written so far (safe to call more than once)."""
+        """Discard everything this writer wrote (safe to call more than once)."""
         self._close()
-        for target in self._targets:
-            for suffix in ("", ".aux.xml"):
-                Path(str(partial_path(target)) + suffix).unlink(missing_ok=True)
+        for partial in self._partials:
+            for path in (partial, *sidecars(partial)):
+                path.unlink(missing_ok=True)
 
     def _close(self) -> None:
         self._datasets = [None for _ in self._datasets]
@@ -154,6 +207,19 @@ class ClassRasterWriter:
             self.commit()
         else:
             self.abort()
+
+
+def _build_overviews(ds: gdal.Dataset, resampling: str, factors: list[int]) -> None:
+    """Internal overviews (same compression and tiling as the full resolution), each level from the previous.
+
+    GDAL warns that the intermediate levels carry no palette; MODE works on the class ids, not on colours,
+    so the warning does not apply and is silenced (failures still raise).
+    """
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        ds.BuildOverviews(resampling, factors)
+    finally:
+        gdal.PopErrorHandler()
 
 
 def read_class_table(path: str | os.PathLike) -> list[dict]:

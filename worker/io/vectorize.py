@@ -1,20 +1,24 @@
 """Polygons and per-class area statistics from a class raster (GDAL/OGR only; used by the CLI and in QGIS).
 
-Areas are reported in square metres whatever the raster's CRS: projected CRSs use their linear unit, and
-geographic CRSs use the area of each pixel row on the authalic sphere (exact for a lat/lon grid cell), so
-analysts never see "square degrees".
+Areas are reported in square metres whatever the raster's CRS: projected CRSs use their linear unit; for
+geographic CRSs the statistics use the area of each pixel row on the authalic sphere (exact for a lat/lon grid
+cell) and polygons are measured on the EASE-Grid 2.0 equal-area projection (EPSG:6933), so analysts never see
+"square degrees". Polygons also carry the mean confidence of their pixels when the run wrote a confidence
+raster, and the GeoPackage has a spatial index (R-tree), so QGIS draws and selects fast at any scale.
 """
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .raster_output import NODATA, partial_path
+from .outputs import OutputSet, sidecars
+from .raster_output import NODATA
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -53,30 +57,57 @@ def pixel_areas_m2(ds: gdal.Dataset) -> np.ndarray:
     return np.full(rows, abs(gt[1] * gt[5]) * unit * unit)
 
 
-def class_statistics(raster_path: str | os.PathLike, classes: Sequence[dict]) -> list[dict]:
-    """Pixel count, area (m²) and share of valid pixels for every class of the table, read block by block."""
+def _open_confidence(path: str | os.PathLike | None, classes_ds: gdal.Dataset) -> gdal.Dataset | None:
+    """A confidence raster on the class raster's grid, or None when no path is given."""
+    if path is None:
+        return None
+    ds = gdal.Open(str(path))
+    if (ds.RasterXSize, ds.RasterYSize) != (classes_ds.RasterXSize, classes_ds.RasterYSize):
+        raise ValueError(f"confidence raster {path} is {ds.RasterXSize}×{ds.RasterYSize} px, the class raster "
+                         f"{classes_ds.RasterXSize}×{classes_ds.RasterYSize}: they must share one grid")
+    return ds
+
+
+def class_statistics(
+    raster_path: str | os.PathLike, classes: Sequence[dict], *, confidence_path: str | os.PathLike | None = None
+) -> list[dict]:
+    """Pixel count, area (m²) and share of valid pixels for every class of the table, read block by block.
+
+    With ``confidence_path`` (the run's confidence raster) each entry also has ``mean_confidence``: the mean
+    probability of the chosen class over its pixels (None for a class without pixels).
+    """
     ds = gdal.Open(str(raster_path))
     band = ds.GetRasterBand(1)
+    conf_ds = _open_confidence(confidence_path, ds)
+    conf_band = conf_ds.GetRasterBand(1) if conf_ds is not None else None
     areas = pixel_areas_m2(ds)
     counts = np.zeros(256, dtype=np.int64)
     area_sums = np.zeros(256, dtype=np.float64)
+    conf_sums = np.zeros(256, dtype=np.float64)
     for y0 in range(0, ds.RasterYSize, ROWS_PER_READ):
         rows = min(ROWS_PER_READ, ds.RasterYSize - y0)
         block = band.ReadAsArray(0, y0, ds.RasterXSize, rows)
         per_row = np.stack([np.bincount(r, minlength=256) for r in block]) if rows else np.zeros((0, 256))
         counts += per_row.sum(axis=0).astype(np.int64)
         area_sums += (per_row * areas[y0 : y0 + rows, None]).sum(axis=0)
+        if conf_band is not None:
+            conf = conf_band.ReadAsArray(0, y0, ds.RasterXSize, rows).astype(np.float64)
+            conf_sums += np.bincount(block.ravel(), weights=conf.ravel(), minlength=256)
     valid = int(counts.sum() - counts[NODATA])
-    return [
-        {
-            "id": int(c["id"]),
+    stats = []
+    for c in classes:
+        class_id = int(c["id"])
+        item = {
+            "id": class_id,
             "name": str(c["name"]),
-            "pixels": int(counts[int(c["id"])]),
-            "area_m2": float(area_sums[int(c["id"])]),
-            "share": float(counts[int(c["id"])] / valid) if valid else 0.0,
+            "pixels": int(counts[class_id]),
+            "area_m2": float(area_sums[class_id]),
+            "share": float(counts[class_id] / valid) if valid else 0.0,
         }
-        for c in classes
-    ]
+        if conf_band is not None:
+            item["mean_confidence"] = float(conf_sums[class_id] / counts[class_id]) if counts[class_id] else None
+        stats.append(item)
+    return stats
 
 
 def _area_transform(srs: osr.SpatialReference | None) -> tuple[osr.CoordinateTransformation | None, float]:
@@ -92,31 +123,68 @@ def _area_transform(srs: osr.SpatialReference | None) -> tuple[osr.CoordinateTra
 
 
 def polygonize_classes(
-    raster_path: str | os.PathLike, gpkg_path: str | os.PathLike, classes: Sequence[dict], layer_name: str = "objects"
+    raster_path: str | os.PathLike,
+    gpkg_path: str | os.PathLike,
+    classes: Sequence[dict],
+    layer_name: str = "objects",
+    *,
+    confidence_path: str | os.PathLike | None = None,
+    outputs: OutputSet | None = None,
 ) -> int:
-    """One polygon per connected region of each non-background class (8-connected), with class id, name and
-    area (m²), written to a GeoPackage (temporary name, renamed when complete). Returns the feature count."""
+    """One polygon per connected region of each non-background class (8-connected), written to a GeoPackage
+    layer with a spatial index. Returns the feature count.
+
+    Attributes: ``class_id``, ``class_name``, ``area_m2`` (square metres: the CRS's linear unit squared when
+    projected, measured on the EASE-Grid 2.0 equal-area projection, EPSG:6933, when geographic; map units² when
+    the raster has no CRS) and ``mean_confidence`` (mean probability of the class over the polygon's pixels,
+    from ``confidence_path``; NULL without one). ``outputs``: the run's :class:`OutputSet`, which then holds the
+    GeoPackage under its partial name until the caller commits; without it the file is published at once.
+    """
     gpkg_path = Path(gpkg_path)
+    own = outputs is None
+    if outputs is None:
+        gpkg_path.parent.mkdir(parents=True, exist_ok=True)
+        outputs = OutputSet()
+    tmp = outputs.add(gpkg_path)
+    try:
+        count = _write_polygons(raster_path, tmp, classes, layer_name, confidence_path)
+        if own:
+            outputs.commit()
+        return count
+    except BaseException:
+        for path in (tmp, *sidecars(tmp)):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _object_mask(band: gdal.Band, width: int, height: int) -> gdal.Dataset:
+    """In-memory mask of the object pixels (neither background nor nodata): what Polygonize turns into shapes."""
+    mask_ds = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+    mask_band = mask_ds.GetRasterBand(1)
+    for y0 in range(0, height, ROWS_PER_READ):
+        block = band.ReadAsArray(0, y0, width, min(ROWS_PER_READ, height - y0))
+        mask_band.WriteArray(((block != NODATA) & (block != BACKGROUND_ID)).astype(np.uint8), 0, y0)
+    return mask_ds
+
+
+def _write_polygons(raster_path: str | os.PathLike, tmp: Path, classes: Sequence[dict], layer_name: str,
+                    confidence_path: str | os.PathLike | None) -> int:
     names = {int(c["id"]): str(c["name"]) for c in classes}
     ds = gdal.Open(str(raster_path))
     band = ds.GetRasterBand(1)
     srs = _spatial_ref(ds)
-    mask_ds = gdal.GetDriverByName("MEM").Create("", ds.RasterXSize, ds.RasterYSize, 1, gdal.GDT_Byte)
-    mask_band = mask_ds.GetRasterBand(1)
-    for y0 in range(0, ds.RasterYSize, ROWS_PER_READ):
-        block = band.ReadAsArray(0, y0, ds.RasterXSize, min(ROWS_PER_READ, ds.RasterYSize - y0))
-        mask_band.WriteArray(((block != NODATA) & (block != BACKGROUND_ID)).astype(np.uint8), 0, y0)
-    tmp = partial_path(gpkg_path)
-    tmp.unlink(missing_ok=True)
-    gpkg_path.parent.mkdir(parents=True, exist_ok=True)
+    conf_ds = _open_confidence(confidence_path, ds)
+    mask_ds = _object_mask(band, ds.RasterXSize, ds.RasterYSize)
+    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
     try:
-        out = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
-        layer = out.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbPolygon)
+        layer = out.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbPolygon, options=["SPATIAL_INDEX=YES"])
         layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
         layer.CreateField(ogr.FieldDefn("class_name", ogr.OFTString))
         layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
+        layer.CreateField(ogr.FieldDefn("mean_confidence", ogr.OFTReal))
         layer.StartTransaction()
-        gdal.Polygonize(band, mask_band, layer, 0, ["8CONNECTED=8"])
+        gdal.Polygonize(band, mask_ds.GetRasterBand(1), layer, 0, ["8CONNECTED=8"])
+        means = _mean_confidence_per_feature(out, layer_name, ds, conf_ds) if conf_ds is not None else None
         transform, factor = _area_transform(srs)
         layer.ResetReading()
         count = 0
@@ -127,13 +195,43 @@ def polygonize_classes(
             class_id = feature.GetFieldAsInteger("class_id")
             feature.SetField("class_name", names.get(class_id, f"class_{class_id}"))
             feature.SetField("area_m2", geom.GetArea() * factor)
+            fid = feature.GetFID()
+            if means is not None and 0 <= fid < len(means) and np.isfinite(means[fid]):
+                feature.SetField("mean_confidence", float(means[fid]))
+            else:
+                feature.SetFieldNull("mean_confidence")
             layer.SetFeature(feature)
             count += 1
         layer.CommitTransaction()
-        out = None
-        os.replace(tmp, gpkg_path)
         return count
-    except BaseException:
-        out = None
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        out = None  # closes the GeoPackage (writes the spatial index) before it is renamed or removed
+
+
+def _mean_confidence_per_feature(out: ogr.DataSource, layer_name: str, ds: gdal.Dataset,
+                                 conf_ds: gdal.Dataset) -> np.ndarray:
+    """Mean confidence of each polygon, indexed by feature id: the polygons are burnt back onto the raster's
+    grid (their edges lie on pixel edges, so each pixel centre falls in exactly the polygon it came from)."""
+    width, height = ds.RasterXSize, ds.RasterYSize
+    with tempfile.TemporaryDirectory(prefix="factseg-labels-") as folder:
+        labels = gdal.GetDriverByName("GTiff").Create(
+            str(Path(folder) / "labels.tif"), width, height, 1, gdal.GDT_Int32,
+            ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
+        labels.SetGeoTransform(ds.GetGeoTransform())
+        sql = out.ExecuteSQL(f'SELECT fid * 1 AS label, geom FROM "{layer_name}"')
+        try:
+            gdal.RasterizeLayer(labels, [1], sql, options=["ATTRIBUTE=label"])
+        finally:
+            out.ReleaseResultSet(sql)
+        label_band, conf_band = labels.GetRasterBand(1), conf_ds.GetRasterBand(1)
+        sums, counts = np.zeros(1), np.zeros(1)
+        for y0 in range(0, height, ROWS_PER_READ):
+            rows = min(ROWS_PER_READ, height - y0)
+            ids = label_band.ReadAsArray(0, y0, width, rows).ravel()
+            conf = conf_band.ReadAsArray(0, y0, width, rows).ravel().astype(np.float64)
+            size = max(len(sums), int(ids.max(initial=0)) + 1)
+            sums = np.pad(sums, (0, size - len(sums))) + np.bincount(ids, weights=conf, minlength=size)
+            counts = np.pad(counts, (0, size - len(counts))) + np.bincount(ids, minlength=size)
+        label_band = labels = None  # close before the folder goes
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
