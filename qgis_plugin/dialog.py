@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 
 from qgis.core import (
+    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsMapLayerProxyModel,
     QgsProcessingFeatureSourceDefinition,
@@ -47,7 +48,7 @@ from .raster_reading import ARGB_TYPES, default_bands
 from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
 from .styling import display_color, display_name, object_classes
 from .task import SegmentRun
-from .worker_import import WorkerClient, WorkerError
+from .worker_check import CheckWorkerTask, WorkerCheck
 
 EXTENT_LABELS = ("Layer extent", "Map canvas extent", "Selected features of a polygon layer", "Drawn rectangle")
 UNIT_LABELS = ("map units", "cm / pixel")
@@ -63,6 +64,8 @@ class SegmentDialog(QDialog):
         self.canvas = iface.mapCanvas() if iface is not None else None
         self.settings = PluginSettings.load()
         self.run: SegmentRun | None = None
+        self.last_check: WorkerCheck | None = None
+        self._check_task: CheckWorkerTask | None = None
         self._drawn: tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None = None
         self._native_value: float | None = None
         self._previous_tool = None
@@ -340,27 +343,40 @@ class SegmentDialog(QDialog):
         self.show()
         self.raise_()
 
-    def check_worker(self) -> dict | None:
-        """Ask the endpoint for its model and classes; show them (the worker decides names and colours)."""
+    def check_worker(self) -> CheckWorkerTask | None:
+        """Ask the endpoint for its model and classes in a task (off the GUI thread); :meth:`show_check` shows
+        them when it answers (the worker decides names and colours) or says in words why it does not."""
         endpoint = self.endpoint_edit.text().strip()
+        s = self.current_settings()
         try:
-            s = self.current_settings()
             keys = resolve_keys(s.server_key, s.client_key, s.authcfg)
-            with WorkerClient(endpoint, timeout_s=CHECK_TIMEOUT_S, retries=0, server_public_key=keys.server_public,
-                              client_keys=keys.client_keys) as client:
-                info = client.info()
-        except (WorkerError, ValueError, FactSegError) as exc:
-            self.classes_label.setText(html.escape(f"No FactSeg worker answers at {endpoint!r}: {exc}"))
+        except FactSegError as exc:
+            self.classes_label.setText(html.escape(str(exc)))
             return None
+        task = CheckWorkerTask(endpoint, keys, CHECK_TIMEOUT_S)
+        task.checked.connect(self.show_check)
+        self._check_task = task  # a Python reference keeps the task alive while it runs
+        self.check_button.setEnabled(False)
+        self.classes_label.setText(html.escape(f"Checking {endpoint} …"))
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def show_check(self, check: WorkerCheck) -> None:
+        """Main thread: show what *Check worker* found."""
+        self.check_button.setEnabled(not self.local_radio.isChecked())
+        self.last_check = check
+        if not check.ok:
+            self.classes_label.setText(html.escape(f"No FactSeg worker answers at {check.endpoint!r}: {check.message}"))
+            return
+        info = check.info
         swatches = " ".join(
             f'<span style="background-color: {display_color(c["id"]).name()}">&nbsp;&nbsp;&nbsp;</span>&nbsp;'
-            f'{html.escape(display_name(c["name"]))}' for c in object_classes(info.get("classes", [])))
-        link = (f"CURVE-authenticated, trusting server key {html.escape(keys.server_public.decode()[:8])}…"
-                if keys.authenticated else "unauthenticated loopback/ipc link")
+            f'{html.escape(display_name(c["name"]))}' for c in object_classes(check.classes))
+        link = (f"CURVE-authenticated, trusting server key {html.escape(check.server_key or '')}"
+                if check.authenticated else "unauthenticated loopback/ipc link")
         self.classes_label.setText(
             f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
-            f"{html.escape(str(info.get('device', '?')))}, {link}. On the map (background transparent): {swatches}")
-        return info
+            f"{html.escape(str(check.device or '?'))}, {link}. On the map (background transparent): {swatches}")
 
     # -- the request ----------------------------------------------------------------------------------------
 

@@ -31,15 +31,16 @@ from .output_paths import check_outputs
 from .raster_reading import RasterReader, parse_bands
 from .worker_import import (
     ClassRasterWriter,
+    OutputSet,
     RemoteError,
     SegmentationCancelled,
     WorkerClient,
     WorkerError,
     WorkerUnavailable,
     class_statistics,
-    confidence_path,
     polygonize_classes,
 )
+from .worker_import import confidence_path as worker_confidence_path
 
 SEGMENT_SHARE = 0.9  # of the progress bar, when polygons or statistics follow
 PROBE_TIMEOUT_S = 10.0  # a running worker answers 'info' at once, even while busy
@@ -146,6 +147,10 @@ def prepare_job(
         raise FactSegError(f"The confidence raster is written as a GeoTIFF: give a .tif file name, not "
                            f"{confidence_path}.")
     check_outputs([output_path, vector_path, confidence_path], [layer.source().split("|")[0]])
+    beside = worker_confidence_path(Path(output_path))
+    if confidence_path and Path(confidence_path).resolve() != beside.resolve() and beside.exists():
+        raise FactSegError(f"The confidence raster is first written as {beside}, which exists: move that file, or "
+                           "name the confidence output after the class raster.")
     if not target.endpoint and target.local is None:
         raise FactSegError("Give a worker endpoint (e.g. tcp://127.0.0.1:5555) or a model to start a local worker.")
     patch, stride = patch or None, stride or None  # 0 or None: the worker's model defaults
@@ -198,52 +203,72 @@ def _run(request: JobRequest, progress: Progress, is_cancelled: IsCancelled, log
         endpoint = local_endpoint(request.target.local)  # type: ignore[arg-type]
     log(f"Segmenting {request.layer_name or 'the layer'}: {grid.width} × {grid.height} px at "
         f"{grid.res_x:.6g} × {grid.res_y:.6g} {grid.crs.authid() or 'map units'} per pixel, with {endpoint}")
-    try:
-        with request.target.client(endpoint, request.target.probe_timeout_s, retries=0) as probe:
-            probe.info()  # fails fast (not after the long chunk timeout) when nothing listens there
-        with request.target.client(endpoint, CHUNK_TIMEOUT_S) as client:
-            info = client.info()
-            classes = _check_classes(info, endpoint)
-            log(f"Model {info.get('model', '?')} ({info.get('backbone', '?')}, {len(classes)} classes) "
-                f"on {info.get('device', '?')}.")
-            request.reader.prepare()
-            share = SEGMENT_SHARE if (request.vector_path or request.statistics) else 1.0
-            crs_wkt = grid.crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL) if grid.crs.isValid() else ""
-            confidence = request.confidence_path is not None
-            with ClassRasterWriter(request.output_path, grid.width, grid.height, grid.geotransform, crs_wkt,
-                                   classes, confidence=confidence) as writer:
-                client.segment_raster(
-                    grid.height, grid.width, request.reader, writer.write,
-                    patch=request.patch, stride=request.stride, chunk_size=request.chunk_size,
-                    confidence=confidence, tta=request.tta,
-                    progress=lambda fraction: progress(share * float(fraction)),
-                    is_cancelled=is_cancelled)
-                if is_cancelled():
-                    raise SegmentationCancelled("cancelled")
-            if request.confidence_path is not None:
-                _move(confidence_path(request.output_path), request.confidence_path)
-    except SegmentationCancelled as exc:
-        raise JobCancelled("Segmentation cancelled; the worker stopped and no output was written.") from exc
-    except WorkerUnavailable as exc:
-        raise FactSegError(
-            f"The FactSeg worker at {endpoint} does not answer ({exc}). Start one with "
-            f"'python -m worker --bind {endpoint} --model MODEL', or choose to start a local worker.") from exc
-    except RemoteError as exc:
-        raise FactSegError(f"The worker at {endpoint} refused the job: {exc.message} ({exc.code}).") from exc
-    except WorkerError as exc:
-        raise FactSegError(f"Talking to the worker at {endpoint} failed: {exc}") from exc
-    result = JobResult(request.output_path, classes, grid, info, confidence_path=request.confidence_path)
-    if request.statistics:
-        result.statistics = class_statistics(request.output_path, classes)
-    if request.vector_path:
+    with OutputSet() as outputs:  # every output of the run appears under its final name together, or none
+        try:
+            with request.target.client(endpoint, request.target.probe_timeout_s, retries=0) as probe:
+                probe.info()  # fails fast (not after the long chunk timeout) when nothing listens there
+            with request.target.client(endpoint, CHUNK_TIMEOUT_S) as client:
+                info = client.info()
+                classes = _check_classes(info, endpoint)
+                log(f"Model {info.get('model', '?')} ({info.get('backbone', '?')}, {len(classes)} classes) "
+                    f"on {info.get('device', '?')}.")
+                writer = _segment(request, client, classes, outputs, progress, is_cancelled)
+        except SegmentationCancelled as exc:
+            raise JobCancelled("Segmentation cancelled; the worker stopped and no output was written.") from exc
+        except WorkerUnavailable as exc:
+            raise FactSegError(_unavailable(request.target, endpoint, exc)) from exc
+        except RemoteError as exc:
+            raise FactSegError(f"The worker at {endpoint} refused the job: {exc.message} ({exc.code}).") from exc
+        except WorkerError as exc:
+            raise FactSegError(f"Talking to the worker at {endpoint} failed: {exc}") from exc
+        result = JobResult(request.output_path, classes, grid, info, confidence_path=request.confidence_path)
+        written, confidence = writer.written_path, writer.written_confidence_path
+        if request.statistics:
+            result.statistics = class_statistics(written, classes, confidence_path=confidence)
+        if request.vector_path:
+            log("Making polygons …")
+            result.feature_count = polygonize_classes(written, request.vector_path, classes,
+                                                      confidence_path=confidence, outputs=outputs)
+            result.vector_path = request.vector_path
         if is_cancelled():
-            raise JobCancelled("Cancelled before the polygons were made; the class raster is complete.")
-        log("Making polygons …")
-        result.feature_count = polygonize_classes(request.output_path, request.vector_path, classes)
-        result.vector_path = request.vector_path
+            raise JobCancelled("Segmentation cancelled before its outputs were saved; no output was written.")
+        outputs.commit()
+    if request.confidence_path is not None:
+        _move(worker_confidence_path(request.output_path), request.confidence_path)
     progress(1.0)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _segment(request: JobRequest, client: WorkerClient, classes: list[dict], outputs: OutputSet,
+             progress: Progress, is_cancelled: IsCancelled) -> ClassRasterWriter:
+    """Stream the grid through the worker into the class (and confidence) raster, under partial names."""
+    grid = request.grid
+    request.reader.prepare()
+    share = SEGMENT_SHARE if (request.vector_path or request.statistics) else 1.0
+    wkt = QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL
+    crs_wkt = grid.crs.toWkt(wkt) if grid.crs.isValid() else ""
+    confidence = request.confidence_path is not None
+    with ClassRasterWriter(request.output_path, grid.width, grid.height, grid.geotransform, crs_wkt, classes,
+                           confidence=confidence, outputs=outputs) as writer:
+        client.segment_raster(
+            grid.height, grid.width, request.reader, writer.write,
+            patch=request.patch, stride=request.stride, chunk_size=request.chunk_size,
+            confidence=confidence, tta=request.tta,
+            progress=lambda fraction: progress(share * float(fraction)),
+            is_cancelled=is_cancelled)
+        if is_cancelled():
+            raise SegmentationCancelled("cancelled")
+    return writer
+
+
+def _unavailable(target: WorkerTarget, endpoint: str, exc: Exception) -> str:
+    """One sentence for a worker that does not answer: with CURVE keys, most often a key that does not match."""
+    if target.server_key is not None:
+        return (f"The FactSeg worker at {endpoint} does not answer over CURVE ({exc}): check that SERVER_KEY is "
+                "that worker's public key and that the worker allows this client's key (CLIENT_KEY).")
+    return (f"The FactSeg worker at {endpoint} does not answer ({exc}). Start one with "
+            f"'python -m worker --bind {endpoint} --model MODEL', or choose to start a local worker.")
 
 
 def _move(written: Path, wanted: Path) -> None:

@@ -13,10 +13,8 @@ from urllib.parse import urlsplit
 from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from worker.client import WorkerClient
-from worker.client.protocol import RemoteError, WorkerError, WorkerUnavailable
-
 from .auth import CurveKeys, short_key
+from .worker_import import RemoteError, WorkerClient, WorkerError, WorkerUnavailable
 
 CHECK_TIMEOUT_S = 3.0
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}

@@ -29,6 +29,7 @@ client = _worker_module("client")
 protocol = _worker_module("client.protocol")
 raster_output = _worker_module("io.raster_output")
 vectorize = _worker_module("io.vectorize")
+outputs = _worker_module("io.outputs")
 
 WorkerClient = client.WorkerClient
 LocalWorker = client.LocalWorker
@@ -41,11 +42,6 @@ ClassRasterWriter = raster_output.ClassRasterWriter
 confidence_path = raster_output.confidence_path
 class_statistics = vectorize.class_statistics
 polygonize_classes = vectorize.polygonize_classes
-
-
-def outputs_module() -> ModuleType | None:
-    """``worker.io.outputs`` (output checks, outputs committed together) where this worker version has it."""
-    try:
-        return _worker_module("io.outputs")
-    except ModuleNotFoundError:
-        return None
+OutputSet = outputs.OutputSet
+OutputPathError = outputs.OutputPathError
+check_output_paths = outputs.check_output_paths

@@ -92,9 +92,8 @@ def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgi
 
 
 def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface, monkeypatch):
-    from worker.client import WorkerClient
-
     from qgis_plugin.raster_reading import RasterReader
+    from worker.client import WorkerClient
 
     params = make_params(tmp_path, worker.endpoint, size=(256, 256), CHUNK_SIZE=128)  # 4 chunks
     reads, gate = [], threading.Event()
@@ -198,17 +197,38 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     np.testing.assert_array_equal(ids, expected)
 
 
+def wait_check(dialog, timeout_s=30.0):
+    """Run *Check worker* (a task) and wait for its answer, keeping the GUI thread free meanwhile."""
+    task = dialog.check_worker()
+    assert task is not None
+    deadline = time.monotonic() + timeout_s
+    while dialog.last_check is None or not dialog.check_button.isEnabled():
+        assert time.monotonic() < deadline, "Check worker did not answer"
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    check, dialog.last_check = dialog.last_check, None
+    return check
+
+
 def test_dialog_check_worker_shows_its_classes(qgis_iface, worker):
     from qgis_plugin.dialog import SegmentDialog
 
     dialog = SegmentDialog(qgis_iface)
     dialog.endpoint_radio.setChecked(True)
     dialog.endpoint_edit.setText(worker.endpoint)
-    info = dialog.check_worker()
+    check = wait_check(dialog)
+    info = check.info if check.ok else None
     assert info is not None and len(info["classes"]) == 16
     assert "small vehicle" in dialog.classes_label.text() and "resnet18" in dialog.classes_label.text()
+    assert "unauthenticated" in dialog.classes_label.text()
     dialog.endpoint_edit.setText(f"ipc://{worker.endpoint[6:]}.nobody")
-    assert dialog.check_worker() is None
+    started = time.monotonic()
+    task = dialog.check_worker()
+    assert time.monotonic() - started < 0.5 and task is not None  # the GUI thread does not wait for the worker
+    while dialog.last_check is None:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    assert not dialog.last_check.ok
     assert "No FactSeg worker answers" in dialog.classes_label.text()
     dialog.close()
 

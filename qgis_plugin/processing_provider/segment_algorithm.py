@@ -221,6 +221,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                                     text(self.AUTHCFG))
             except FactSegError as exc:
                 raise QgsProcessingException(str(exc)) from exc
+            if keys is None:
+                return WorkerTarget(endpoint)
             return WorkerTarget(endpoint, server_key=keys.server_public, client_keys=keys.client_keys)
         model = self.parameterAsFile(parameters, self.MODEL, context)
         if not model:
