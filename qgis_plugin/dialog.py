@@ -35,7 +35,6 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
-    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -164,7 +163,6 @@ class SegmentDialog(QDialog):
         self.classes_label = QLabel()
         self.classes_label.setWordWrap(True)
         self.classes_label.setTextFormat(Qt.TextFormat.RichText)
-        self.classes_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.MinimumExpanding)
         form.addRow(self.check_button)
         form.addRow(self.classes_label)  # a row of its own, full width: the class legend wraps, never clips
         self.patch_spin = _spin(0, 4096, "Sliding-window size in pixels (model: the model's own; FactSeg: 896)")
@@ -371,12 +369,24 @@ class SegmentDialog(QDialog):
         info = check.info
         swatches = " ".join(
             f'<span style="background-color: {display_color(c["id"]).name()}">&nbsp;&nbsp;&nbsp;</span>&nbsp;'
-            f'{html.escape(display_name(c["name"]))}' for c in object_classes(check.classes))
+            f'{html.escape(display_name(c["name"])).replace(" ", "&nbsp;")}' for c in object_classes(check.classes))
         link = (f"CURVE-authenticated, trusting server key {html.escape(check.server_key or '')}"
                 if check.authenticated else "unauthenticated loopback/ipc link")
         self.classes_label.setText(
             f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
             f"{html.escape(str(check.device or '?'))}, {link}. On the map (background transparent): {swatches}")
+        self._fit_legend()
+
+    def _fit_legend(self) -> None:
+        """Give the wrapped class legend the height its text needs at the label's width (never clipped)."""
+        label = self.classes_label
+        width = label.width() if label.width() > 50 else label.sizeHint().width()
+        label.setMinimumHeight(label.heightForWidth(width))
+        self.layout().activate()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        self._fit_legend()
 
     # -- the request ----------------------------------------------------------------------------------------
 

@@ -3,10 +3,12 @@
 The GeoTIFF keeps the model's own colour table and category names (for GDAL and other software). On the map the
 plugin uses a *display* palette instead, because the model's colours are chosen for a black background: iSAID's
 are six shades of dark blue that vanish on water and shadow, and its background is opaque black. The display
-palette is Kenneth Kelly's sequence of colours of maximum contrast (1965), in his order, without white, black,
-greys and the darkest browns: saturated, light-to-mid colours that stay distinct from each other and from
-typical imagery. Class 0 (FactSeg's background channel) and nodata are left out of the renderer, so they are
-transparent and the legend lists only the object classes, by name. Polygons use the same colours, by class id.
+palette (:data:`DISPLAY_PALETTE`, this project's own) is fully saturated, light hues spaced around the colour
+wheel, and it gives the most frequent small objects (small and large vehicles, ships, storage tanks, planes) the
+hues rarest in aerial imagery — hot pink, orange, magenta, cyan, orchid — so that they stand out from asphalt,
+vegetation, water, roofs and from each other. Class 0 (FactSeg's background channel) and nodata are left out of
+the renderer, so they are transparent and the legend lists only the object classes, by name. Polygons use the
+same colours, by class id.
 """
 from __future__ import annotations
 
@@ -23,22 +25,22 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 BACKGROUND_ID = 0  # FactSeg's class 0 is the background channel (p0 = softmax0 · (1 − sigmoid(fg)))
-DISPLAY_PALETTE = (
-    (255, 179, 0),    # vivid yellow
-    (193, 0, 32),     # vivid red
-    (166, 189, 215),  # very light blue
-    (255, 104, 0),    # vivid orange
-    (0, 125, 52),     # vivid green
-    (246, 118, 142),  # strong purplish pink
-    (0, 83, 138),     # strong blue
-    (128, 62, 117),   # strong purple
-    (244, 200, 0),    # vivid greenish yellow
-    (255, 122, 92),   # strong yellowish pink
-    (147, 170, 0),    # vivid yellowish green
-    (179, 40, 81),    # strong purplish red
-    (206, 162, 98),   # greyish yellow
-    (83, 55, 122),    # strong violet
-    (241, 58, 19),    # vivid reddish orange
+DISPLAY_PALETTE = (  # by class id 1, 2, …; the iSAID class each colour lands on is noted
+    (255, 0, 255),    # 1 ship: magenta
+    (40, 40, 255),    # 2 roundabout: blue (this project's iSAID table: channel 2 is roundabout)
+    (128, 255, 0),    # 3 baseball diamond: lime
+    (0, 128, 255),    # 4 tennis court: azure
+    (255, 255, 0),    # 5 basketball court: yellow
+    (150, 50, 255),   # 6 ground track field: violet
+    (255, 0, 0),      # 7 bridge: red
+    (255, 128, 0),    # 8 large vehicle: orange
+    (255, 0, 128),    # 9 small vehicle: hot pink
+    (0, 255, 128),    # 10 helicopter: spring green
+    (255, 150, 120),  # 11 swimming pool: salmon
+    (0, 255, 255),    # 12 storage tank: cyan
+    (0, 200, 160),    # 13 soccer ball field: teal
+    (255, 128, 255),  # 14 plane: orchid
+    (200, 160, 255),  # 15 harbor: lilac
 )
 POLYGON_FILL_ALPHA = 110  # of 255: the object stays visible under its outline
 

@@ -219,8 +219,12 @@ def test_dialog_check_worker_shows_its_classes(qgis_iface, worker):
     check = wait_check(dialog)
     info = check.info if check.ok else None
     assert info is not None and len(info["classes"]) == 16
-    assert "small vehicle" in dialog.classes_label.text() and "resnet18" in dialog.classes_label.text()
+    assert "small&nbsp;vehicle" in dialog.classes_label.text() and "resnet18" in dialog.classes_label.text()
     assert "unauthenticated" in dialog.classes_label.text()
+    dialog.show()
+    QCoreApplication.processEvents()
+    label = dialog.classes_label  # the legend wraps and gets the height it needs: nothing clipped
+    assert label.wordWrap() and label.height() >= label.heightForWidth(label.width()) > 2 * label.fontMetrics().height()
     dialog.endpoint_edit.setText(f"ipc://{worker.endpoint[6:]}.nobody")
     started = time.monotonic()
     task = dialog.check_worker()
