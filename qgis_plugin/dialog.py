@@ -48,6 +48,7 @@ from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS,
 from .styling import display_color, display_name, object_classes
 from .task import SegmentRun
 from .worker_check import CheckWorkerTask, WorkerCheck
+from .worker_python_panel import WorkerPythonPanel
 
 EXTENT_LABELS = ("Layer extent", "Map canvas extent", "Selected features of a polygon layer", "Drawn rectangle")
 UNIT_LABELS = ("map units", "cm / pixel")
@@ -146,9 +147,9 @@ class SegmentDialog(QDialog):
         self.authcfg_edit = QLineEdit()
         self.authcfg_edit.setPlaceholderText("or: id of a QGIS authentication configuration holding both keys")
         form.addRow(self.local_radio)
-        self.python_widget = QgsFileWidget()
-        self.python_widget.setDialogTitle("Python interpreter with torch")
-        form.addRow("Worker Python", self.python_widget)
+        self.python_panel = WorkerPythonPanel()
+        self.python_widget = self.python_panel  # path, check and *Set up worker…* in one row
+        form.addRow("Worker Python", self.python_panel)
         self.model_widget = QgsFileWidget()
         self.model_widget.setFilter("FactSeg models (*.pt *.pth *.onnx);;All files (*)")
         form.addRow("Model", self.model_widget)

@@ -255,3 +255,28 @@ def test_local_worker_is_reused_between_tasks_and_stopped_at_unload(plugin, tiny
     assert local_workers.running_endpoints() == endpoints  # the same process served both
     plugin.unload()
     assert local_workers.running_endpoints() == []
+
+
+def test_dialog_checks_the_worker_python_off_the_gui_thread(qgis_iface):
+    """A Python is offered only once it is known to import torch: the dialog says what a bare one lacks."""
+    from plugin_support import VENV_PYTHON
+
+    from qgis_plugin.dialog import SegmentDialog
+
+    dialog = SegmentDialog(qgis_iface)
+    panel = dialog.python_panel
+    assert panel.setup_button.text() == "Set up worker…"
+    for python, ok in (("/usr/bin/python3", False), (str(VENV_PYTHON), True)):
+        panel.setFilePath(python)
+        started = time.monotonic()
+        assert panel.check_python() is not None
+        assert time.monotonic() - started < 0.5  # the probe (a subprocess importing torch) runs in a task
+        deadline = time.monotonic() + 60
+        while panel.check is None:
+            assert time.monotonic() < deadline, panel.status_label.text()
+            QCoreApplication.processEvents()
+            time.sleep(0.02)
+        assert panel.check.ok is ok, panel.status_label.text()
+        if not ok:
+            assert "torch" in panel.status_label.text()
+    dialog.close()
