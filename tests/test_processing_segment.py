@@ -467,9 +467,8 @@ def test_qgis_process_with_half_the_keys_is_refused(curve_worker, qgis_process_e
 
 @pytest.mark.parametrize("wrong", ["server key", "client key", "no keys"])
 def test_wrong_keys_fail_clearly(provider, curve_worker, tmp_path, monkeypatch, wrong):
-    from worker.keys import generate
-
     from qgis_plugin import job
+    from worker.keys import generate
 
     monkeypatch.setattr(job, "PROBE_TIMEOUT_S", 1.5)
     running, keys = curve_worker
