@@ -450,6 +450,11 @@ class SegmentDialog(QDialog):
             params["MASK"] = QgsProcessingFeatureSourceDefinition(self.polygon_combo.currentLayer().id(), True)
         return params
 
+    @property
+    def request(self):
+        """The prepared job of the run the dialog holds (None before Segment was pressed successfully)."""
+        return self.run.request if self.run is not None else None
+
     def accept(self) -> None:
         """Prepare the run (errors stay in the dialog); the plugin starts it once the dialog closes."""
         try:

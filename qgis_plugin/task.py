@@ -81,6 +81,18 @@ class SegmentRun:
             if self.task.isCanceled() else None
         self.task.executed.connect(self._executed)
 
+    @property
+    def request(self):
+        """The job these parameters prepare to (grid, reader, worker target, outputs), as the algorithm sees it.
+
+        The task prepares its own copy of the algorithm; this prepares another one the same way (cheap: a grid
+        plan and a provider clone), to show or check what will run.
+        """
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+        if not algorithm.prepare(self.parameters, self.context, RunFeedback()):
+            return None
+        return algorithm._request  # noqa: SLF001 (our own algorithm class)
+
     def _loading(self, parameters: dict) -> dict:
         """The parameters, with the class raster and polygons marked to be loaded into the project."""
         loading = dict(parameters)
