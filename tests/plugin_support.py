@@ -166,3 +166,36 @@ def mixed_checkpoint(model, image_chw: np.ndarray, path: Path, background_share:
         crafted.bi_head.bias *= SHARPEN
     save_checkpoint(crafted, path)
     return path
+
+
+def recording_feedback():
+    """A QgsProcessingFeedback that keeps the errors and progress the algorithm reports (processing.run raises
+    only a generic message)."""
+    from qgis.core import QgsProcessingFeedback
+
+    class Recording(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.errors: list[str] = []
+            self.progress: list[float] = []
+            self.progressChanged.connect(self.progress.append)
+
+        def reportError(self, error, fatalError=False):  # noqa: N802, N803
+            self.errors.append(error)
+            super().reportError(error, fatalError)
+
+    return Recording
+
+
+def registered_provider():
+    """Register the FactSeg Processing provider (a generator for fixtures: the caller holds the reference the
+    registry does not keep)."""
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.processing_provider import FactSegProvider
+
+    registry = QgsApplication.processingRegistry()
+    prov = FactSegProvider()
+    registry.addProvider(prov)
+    yield prov
+    registry.removeProvider(prov)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 from plugin_support import PATCH, STRIDE, scene, start_worker, write_geotiff
-from qgis.core import QgsApplication, QgsRasterLayer
+from qgis.core import QgsRasterLayer
 
 pytestmark = pytest.mark.qgis
 
@@ -41,13 +41,10 @@ def test_native_grid_is_the_layers_own(qgis_app, tmp_path, name):
 
 @pytest.fixture(scope="module")
 def provider(qgis_processing):
-    from qgis_plugin.processing_provider import FactSegProvider
+    """factseg:segment registered, as the plugin does."""
+    from plugin_support import registered_provider
 
-    registry = QgsApplication.processingRegistry()
-    prov = FactSegProvider()  # held here: the registry keeps only a pointer
-    assert registry.addProvider(prov)
-    yield prov
-    registry.removeProvider(prov)
+    yield from registered_provider()
 
 
 @pytest.mark.parametrize("name", list(GRIDS))

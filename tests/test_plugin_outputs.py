@@ -3,22 +3,22 @@ places are refused before any compute (one sentence), and the outputs of a run a
 from __future__ import annotations
 
 import pytest
-from plugin_support import PATCH, STRIDE, UTM_GT, scene, start_worker, write_geotiff
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+from plugin_support import (
+    PATCH,
+    STRIDE,
+    UTM_GT,
+    recording_feedback,
+    registered_provider,
+    scene,
+    start_worker,
+    write_geotiff,
+)
+from qgis.core import QgsProcessingException
 
 pytestmark = pytest.mark.qgis
 
 
-class Errors(QgsProcessingFeedback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors: list[str] = []
-        self.progress: list[float] = []
-        self.progressChanged.connect(self.progress.append)
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        self.errors.append(error)
-        super().reportError(error, fatalError)
+Errors = recording_feedback()
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,7 @@ def worker(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def provider(qgis_processing):
-    from qgis_plugin.processing_provider import FactSegProvider
-
-    registry = QgsApplication.processingRegistry()
-    prov = FactSegProvider()
-    assert registry.addProvider(prov)
-    yield prov
-    registry.removeProvider(prov)
+    yield from registered_provider()
 
 
 def run(worker, feedback, **params):

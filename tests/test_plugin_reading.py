@@ -257,16 +257,10 @@ def test_settings_round_trip():
 
 @pytest.fixture(scope="module")
 def provider(qgis_processing):
-    """factseg:segment registered, as the plugin does: the dialog is a face for it."""
-    from qgis.core import QgsApplication
+    """factseg:segment registered, as the plugin does."""
+    from plugin_support import registered_provider
 
-    from qgis_plugin.processing_provider import FactSegProvider
-
-    registry = QgsApplication.processingRegistry()
-    prov = FactSegProvider()  # held here: the registry keeps only a pointer
-    registry.addProvider(prov)
-    yield prov
-    registry.removeProvider(prov)
+    yield from registered_provider()
 
 
 @pytest.fixture()

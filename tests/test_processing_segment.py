@@ -19,13 +19,14 @@ from plugin_support import (
     UTM_GT,
     build_plugin_zip,
     read_classes,
+    recording_feedback,
     reference_classes,
     scene,
     start_worker,
     unpack_plugin,
     write_geotiff,
 )
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsApplication, QgsProcessingException
 
 pytestmark = pytest.mark.qgis
 
@@ -57,18 +58,7 @@ def provider(qgis_processing):
     registry.removeProvider(prov)
 
 
-class RecordingFeedback(QgsProcessingFeedback):
-    """Keeps what the algorithm reports (processing.run raises only a generic message)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors: list[str] = []
-        self.progress: list[float] = []
-        self.progressChanged.connect(self.progress.append)
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        self.errors.append(error)
-        super().reportError(error, fatalError)
+RecordingFeedback = recording_feedback()
 
 
 def run_segment(provider, feedback=None, **params):
