@@ -76,6 +76,9 @@ def infer_reference_config(state: Mapping[str, torch.Tensor]) -> FactSegConfig:
         fpn_channels = int(state["fgfpn.fpn_inner1.weight"].shape[0])
     except KeyError as exc:
         raise CheckpointError(f"not a FactSeg state dict: no {exc.args[0]!r}") from None
+    except IndexError:
+        raise CheckpointError("not a FactSeg state dict: fg_cls.weight or fgfpn.fpn_inner1.weight has too few "
+                              "dimensions") from None
     bottleneck = "resencoder.resnet.layer1.0.conv3.weight" in state
     layer3 = {int(k.split(".")[3]) for k in state if k.startswith("resencoder.resnet.layer3.")}
     depth = {(True, 6): "resnet50", (True, 23): "resnet101", (False, 6): "resnet34", (False, 2): "resnet18"}
@@ -138,11 +141,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> FactSeg:
     """Build a FactSeg from a loaded checkpoint dict (ours, SimpleCV's, or a bare state dict), strictly."""
     if ckpt.get("format") == FORMAT_NAME:
-        if ckpt.get("version") != FORMAT_VERSION:
-            raise CheckpointError(f"{source}: checkpoint format version {ckpt.get('version')} is not supported")
-        config = FactSegConfig.from_dict(dict(ckpt["config"]))
-        classes = classes_from_dicts(ckpt["classes"])
-        state = dict(ckpt["model"])
+        version = ckpt.get("version")
+        if type(version) is not int or version != FORMAT_VERSION:
+            raise CheckpointError(f"{source}: checkpoint format version {version!r} is not supported "
+                                  f"(this program reads version {FORMAT_VERSION})")
+        config = _checked_config(ckpt, source)
+        classes = _checked_classes(ckpt, config, source)
+        state = _checked_state(ckpt, source)
     else:
         state = ckpt.get("model", ckpt) if isinstance(ckpt.get("model"), Mapping) else ckpt
         state = _strip_module_prefix(state)
@@ -151,9 +156,87 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -
         config = infer_reference_config(state)
         classes = ISAID_CLASSES if config.num_classes == len(ISAID_CLASSES) else _generic_classes(config.num_classes)
         state = convert_reference_state_dict(state)
-    model = FactSeg(config, classes)
+    try:
+        model = FactSeg(config, classes)
+    except ValueError as exc:  # e.g. an unknown backbone name
+        raise CheckpointError(f"{source}: 'config' describes no buildable model: {exc}") from None
     _load_strict(model, state, source)
     return model
+
+
+_CONFIG_TYPES = {"backbone": str, "num_classes": int, "fpn_channels": int, "decoder_channels": int}
+
+
+def _checked_config(ckpt: Mapping[str, Any], source: str) -> FactSegConfig:
+    """The checkpoint's architecture, or a CheckpointError naming the missing, unknown or invalid field."""
+    if "config" not in ckpt:
+        raise CheckpointError(f"{source}: the checkpoint has no 'config' (backbone, num_classes, …), so the model "
+                              "cannot be rebuilt")
+    raw = ckpt["config"]
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{source}: 'config' is a {type(raw).__name__}, expected a mapping of "
+                              f"{', '.join(_CONFIG_TYPES)}")
+    unknown = sorted(str(k) for k in raw if k not in _CONFIG_TYPES)
+    if unknown:
+        raise CheckpointError(f"{source}: 'config' has unknown fields {', '.join(unknown)} (known: "
+                              f"{', '.join(_CONFIG_TYPES)})")
+    for key, kind in _CONFIG_TYPES.items():
+        if key in raw:
+            value = raw[key]
+            if type(value) is not kind or (kind is int and value <= 0):
+                expected = "a positive whole number" if kind is int else "a string"
+                raise CheckpointError(f"{source}: 'config' field {key} is {value!r}, expected {expected}")
+    return FactSegConfig.from_dict(dict(raw))
+
+
+def _checked_classes(ckpt: Mapping[str, Any], config: FactSegConfig, source: str) -> tuple[ClassInfo, ...]:
+    """The class table, or a CheckpointError naming the malformed entry or the count that does not match."""
+    items = ckpt.get("classes")
+    if items is None:
+        raise CheckpointError(f"{source}: the checkpoint has no 'classes' table (id, name, color per class)")
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, list | tuple):
+        raise CheckpointError(f"{source}: 'classes' is a {type(items).__name__}, expected a list of "
+                              "{id, name, color} entries")
+    for index, item in enumerate(items):
+        problem = _class_entry_problem(item, index)
+        if problem:
+            raise CheckpointError(f"{source}: 'classes' entry {index} {problem}")
+    if len(items) != config.num_classes:
+        raise CheckpointError(f"{source}: 'classes' has {len(items)} entries but the model has "
+                              f"{config.num_classes} output classes")
+    return classes_from_dicts(items)
+
+
+def _class_entry_problem(item: Any, index: int) -> str | None:
+    if not isinstance(item, Mapping):
+        return f"is a {type(item).__name__}, expected {{id, name, color}}"
+    missing = [k for k in ("id", "name", "color") if k not in item]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    if type(item["id"]) is not int or item["id"] != index:
+        return f"has id {item['id']!r}, expected {index} (ids are 0…n-1 in order)"
+    if not isinstance(item["name"], str) or not item["name"]:
+        return f"has name {item['name']!r}, expected a non-empty string"
+    color = item["color"]
+    if not (isinstance(color, list | tuple) and len(color) == 3
+            and all(type(v) is int and 0 <= v <= 255 for v in color)):
+        return f"has color {color!r}, expected three whole numbers 0–255"
+    return None
+
+
+def _checked_state(ckpt: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """The weights, or a CheckpointError when they are missing or hold something other than tensors."""
+    state = ckpt.get("model")
+    if state is None:
+        raise CheckpointError(f"{source}: the checkpoint has no 'model' state dict (the weights)")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: 'model' is a {type(state).__name__}, expected a state dict of tensors")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{source}: 'model' has a key {key!r} that is not a parameter name")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: 'model' entry {key} is a {type(value).__name__}, not a tensor")
+    return dict(state)
 
 
 def _generic_classes(n: int) -> tuple[ClassInfo, ...]:

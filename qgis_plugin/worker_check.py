@@ -15,6 +15,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from .auth import CurveKeys, short_key
 from .worker_import import RemoteError, WorkerClient, WorkerError, WorkerUnavailable
+from .worker_python import PythonCheck, check_worker_python
 
 CHECK_TIMEOUT_S = 3.0
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -92,6 +93,25 @@ def check_worker(endpoint: str, keys: CurveKeys | None = None, timeout_s: float 
     result.message = (f"Worker at {endpoint}: {len(result.classes)} classes on {result.device or '?'} "
                       f"({result.backend or '?'}), {result.latency_s * 1000:.0f} ms round trip; link {link}.")
     return result
+
+
+class CheckPythonTask(QgsTask):
+    """:func:`check_worker_python` as a QgsTask (importing torch takes seconds); ``checked`` delivers the result."""
+
+    checked = pyqtSignal(object)  # PythonCheck, emitted on the main thread
+
+    def __init__(self, python: str) -> None:
+        super().__init__("Check the FactSeg worker Python", QgsTask.Flag.CanCancel)
+        self.python = python
+        self.result: PythonCheck | None = None
+
+    def run(self) -> bool:
+        self.result = check_worker_python(self.python)
+        return self.result.ok
+
+    def finished(self, result: bool) -> None:
+        self.checked.emit(self.result or PythonCheck(self.python, False, None, None, None, None, None, False,
+                                                     "Checking the worker Python was cancelled."))
 
 
 class CheckWorkerTask(QgsTask):

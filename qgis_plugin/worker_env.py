@@ -6,7 +6,7 @@ and ``worker_check``; this module only gathers them.
 """
 from __future__ import annotations
 
-from .worker_check import CheckWorkerTask, WorkerCheck, check_worker, explain_link_error, is_loopback
+from .worker_check import CheckPythonTask, CheckWorkerTask, WorkerCheck, check_worker, explain_link_error, is_loopback
 from .worker_python import (
     MIN_PYTHON,
     PythonCheck,
@@ -23,6 +23,7 @@ from .worker_setup import SetupWorkerTask, torch_index_options
 
 __all__ = [
     "MIN_PYTHON",
+    "CheckPythonTask",
     "CheckWorkerTask",
     "PythonCheck",
     "SetupWorkerTask",

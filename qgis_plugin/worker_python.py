@@ -152,14 +152,14 @@ def find_base_python(candidates: Iterable[str] | None = None, timeout_s: float =
         try:
             found = _probe(python, timeout_s, version_only=True)
         except FactSegError as exc:
-            reasons.append(str(exc))
+            reasons.append(str(exc).rstrip("."))
             continue
         if _version_tuple(found.get("version")) < MIN_PYTHON:
             reasons.append(f"{python} is Python {found.get('version')}")
         elif not found.get("venv"):
             reasons.append(f"{python} lacks the venv/ensurepip modules (Debian: apt install python3-venv)")
         else:
-            return python
+            return str(found.get("executable") or python)  # the real interpreter, not a launcher or shim
     tried = "; ".join(reasons) or "no python3 on PATH"
     raise FactSegError(f"No Python {'.'.join(map(str, MIN_PYTHON))}+ able to create a virtual environment was "
                        f"found ({tried}): install one, or choose it in Set up worker….")

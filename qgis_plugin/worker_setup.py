@@ -111,6 +111,7 @@ class SetupWorkerTask(QgsTask):
         self.python: str | None = None
         self.check: PythonCheck | None = None
         self.error: str | None = None
+        self.gpu_found = False
         self.message = ""
         self._process: subprocess.Popen | None = None
         self._created = False
@@ -142,9 +143,13 @@ class SetupWorkerTask(QgsTask):
         """On the main thread: store the new default worker Python, tell the dialog."""
         if result and self.python and self.make_default:
             set_default_worker_python(self.python)
-        if result:
-            self.message = (f"The worker Python {self.python} is ready ({self.check.message if self.check else ''})"
-                            .rstrip(" ()") + ".")
+        if result and self.check is not None:
+            build = "CUDA" if self.check.cuda else "CPU"
+            default = " and is now the default worker Python" if self.make_default else ""
+            unused_gpu = (" (an NVIDIA GPU is present but this torch cannot use it: update the NVIDIA driver)"
+                          if self.gpu_found and not self.check.cuda else "")
+            self.message = (f"The new worker Python {self.python} has torch {self.check.torch} ({build}){default}"
+                            f"{unused_gpu}.")
         else:
             self.message = self.error or "Setting up the worker Python was cancelled."
         self.done.emit(bool(result), self.message)
@@ -167,7 +172,7 @@ class SetupWorkerTask(QgsTask):
         if not self.requirements.is_file():
             raise FactSegError(f"The worker requirements file {self.requirements} is missing from the plugin.")
         base = self.base_python or find_base_python()
-        gpu = nvidia_gpu_present() if self.gpu is None else self.gpu
+        gpu = self.gpu_found = nvidia_gpu_present() if self.gpu is None else self.gpu
         torch_options = torch_index_options(gpu) if self.torch_options is None else self.torch_options
         self._write(f"# base Python {base}; NVIDIA GPU: {gpu}; venv {self.env_dir}\n")
         self._step("venv", "Creating the virtual environment")
@@ -220,7 +225,8 @@ class SetupWorkerTask(QgsTask):
         self._process = None
         self._check_cancel()
         if code != 0:
-            last = next((line for line in reversed(tail) if line.strip()), "no output")
+            errors = [line for line in tail if line.startswith("ERROR:")]  # pip's first error says the most
+            last = errors[0] if errors else next((line for line in reversed(tail) if line.strip()), "no output")
             raise FactSegError(f"{what.capitalize()} failed (exit code {code}): {last.strip()[:240]}")
 
     def _pump(self, process: subprocess.Popen, tail: list[str], until: float | None) -> None:

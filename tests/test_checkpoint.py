@@ -143,3 +143,84 @@ def test_bad_files_give_clear_errors(kind, message, tmp_path, tiny_checkpoint):
     with pytest.raises(CheckpointError, match=message) as info:
         load_model(path)
     assert "Traceback" not in str(info.value)
+
+
+def _own_checkpoint(model: FactSeg) -> dict:
+    from factseg_core.checkpoint import checkpoint_dict
+
+    return checkpoint_dict(model)
+
+
+def _broken(ckpt: dict, kind: str) -> dict:
+    """Our checkpoint with one structural problem of the given kind."""
+    config, classes, state = ckpt["config"], ckpt["classes"], ckpt["model"]
+    changes = {
+        "no_config": lambda: ckpt.pop("config"),
+        "config_list": lambda: ckpt.update(config=list(config.items())),
+        "config_unknown_field": lambda: config.update(dropout=0.5),
+        "config_bad_backbone_type": lambda: config.update(backbone=18),
+        "config_unknown_backbone": lambda: config.update(backbone="resnet19"),
+        "config_zero_classes": lambda: config.update(num_classes=0),
+        "config_bool_channels": lambda: config.update(fpn_channels=True),
+        "no_classes": lambda: ckpt.pop("classes"),
+        "classes_string": lambda: ckpt.update(classes="background,ship"),
+        "classes_dict": lambda: ckpt.update(classes={"0": "background"}),
+        "class_entry_string": lambda: classes.__setitem__(3, "baseball_diamond"),
+        "class_entry_no_color": lambda: classes[2].pop("color"),
+        "class_entry_bad_color": lambda: classes[2].update(color=[0, 300, 0]),
+        "class_entry_wrong_id": lambda: classes[4].update(id=7),
+        "class_entry_float_id": lambda: classes[0].update(id=0.0),
+        "class_entry_empty_name": lambda: classes[1].update(name=""),
+        "class_count": lambda: classes.pop(),
+        "no_model": lambda: ckpt.pop("model"),
+        "model_list": lambda: ckpt.update(model=list(state.values())),
+        "model_non_tensor": lambda: state.update({"fg_head.bias": [0.0] * 16}),
+        "version_float": lambda: ckpt.update(version=1.0),
+        "version_bool": lambda: ckpt.update(version=True),
+    }
+    changes[kind]()
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("no_config", "has no 'config'"),
+        ("config_list", "'config' is a list, expected a mapping"),
+        ("config_unknown_field", "'config' has unknown fields dropout"),
+        ("config_bad_backbone_type", "'config' field backbone is 18, expected a string"),
+        ("config_unknown_backbone", "describes no buildable model: unknown backbone 'resnet19'"),
+        ("config_zero_classes", "'config' field num_classes is 0, expected a positive whole number"),
+        ("config_bool_channels", "'config' field fpn_channels is True"),
+        ("no_classes", "has no 'classes' table"),
+        ("classes_string", "'classes' is a str, expected a list"),
+        ("classes_dict", "'classes' is a dict, expected a list"),
+        ("class_entry_string", "'classes' entry 3 is a str"),
+        ("class_entry_no_color", "'classes' entry 2 has no color"),
+        ("class_entry_bad_color", r"'classes' entry 2 has color \[0, 300, 0\], expected three whole numbers"),
+        ("class_entry_wrong_id", "'classes' entry 4 has id 7, expected 4"),
+        ("class_entry_float_id", "'classes' entry 0 has id 0.0"),
+        ("class_entry_empty_name", "'classes' entry 1 has name ''"),
+        ("class_count", "'classes' has 15 entries but the model has 16 output classes"),
+        ("no_model", "has no 'model' state dict"),
+        ("model_list", "'model' is a list, expected a state dict"),
+        ("model_non_tensor", "'model' entry fg_head.bias is a list, not a tensor"),
+        ("version_float", "format version 1.0 is not supported"),
+        ("version_bool", "format version True is not supported"),
+    ],
+)
+def test_structural_problems_are_named_in_one_sentence(tiny_model, tmp_path, kind, message):
+    path = tmp_path / f"{kind}.pt"
+    torch.save(_broken(_own_checkpoint(tiny_model), kind), path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_model(path)
+    text = str(info.value)
+    assert str(path) in text and "\n" not in text and "Traceback" not in text
+
+
+def test_reference_state_dict_with_a_flat_head_is_named(tiny_model, tmp_path):
+    ref = reference_state_dict(tiny_model)
+    ref["fg_cls.weight"] = torch.zeros(16)
+    torch.save(ref, tmp_path / "flat.pth")
+    with pytest.raises(CheckpointError, match="too few dimensions"):
+        load_model(tmp_path / "flat.pth")

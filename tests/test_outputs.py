@@ -133,13 +133,51 @@ def test_leaving_without_commit_or_a_missing_partial_publishes_nothing(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_add_clears_a_stale_partial_and_refuses_duplicates(tmp_path):
+def test_add_clears_a_stale_partial_once_and_keeps_what_was_written(tmp_path):
     stale = partial_path(tmp_path / "a.tif")
     stale.write_bytes(b"left by a killed run")
     outputs = OutputSet()
     assert outputs.add(tmp_path / "a.tif") == stale and not stale.exists()
-    with pytest.raises(OutputPathError, match="registered twice"):
-        outputs.add(tmp_path / "a.tif")
+    stale.write_bytes(b"this run's pixels")
+    assert outputs.add(tmp_path / "." / "a.tif") == stale and stale.read_bytes() == b"this run's pixels"
+    assert outputs.finals == [tmp_path / "a.tif"]
     partial_path(tmp_path / "b.tif").mkdir()
     with pytest.raises(OutputPathError, match="is in the way"):
         outputs.add(tmp_path / "b.tif")
+
+
+def test_discard_of_one_output_keeps_the_others_and_survives_a_folder_in_the_way(tmp_path):
+    with OutputSet() as outputs:
+        outputs.add(tmp_path / "a.tif").write_bytes(b"a")
+        outputs.add(tmp_path / "b.gpkg").write_bytes(b"b")
+        outputs.discard(tmp_path / "b.gpkg")
+        assert partial_path(tmp_path / "a.tif").exists() and not partial_path(tmp_path / "b.gpkg").exists()
+        partial_path(tmp_path / "b.gpkg").mkdir()  # someone else's folder: left alone, no error
+        outputs.discard()
+    assert [p.name for p in tmp_path.iterdir()] == [".b.partial.gpkg"]
+
+
+def test_a_rename_failing_half_way_rolls_the_earlier_outputs_back(tmp_path):
+    raster, vector, stats = tmp_path / "c.tif", tmp_path / "o.gpkg", tmp_path / "s.json"
+    raster.write_bytes(b"old raster")
+    Path(f"{raster}.aux.xml").write_text("old names")
+    with OutputSet() as outputs:
+        outputs.add(raster).write_bytes(b"new raster")
+        Path(f"{outputs.partial(raster)}.aux.xml").write_text("new names")
+        outputs.add(stats).write_text("{}")
+        outputs.add(vector).write_bytes(b"polygons")
+        vector.mkdir()  # another program takes the final name after the check, before the commit
+        with pytest.raises(OutputPathError, match=r"could not publish .*o\.gpkg .*no output of this run was kept"):
+            outputs.commit()
+    assert raster.read_bytes() == b"old raster" and Path(f"{raster}.aux.xml").read_text() == "old names"
+    assert not stats.exists() and vector.is_dir() and list(vector.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "c.tif.aux.xml", "o.gpkg"]
+
+
+def test_a_successful_commit_leaves_no_backup(tmp_path):
+    raster = tmp_path / "c.tif"
+    raster.write_bytes(b"old")
+    with OutputSet() as outputs:
+        outputs.add(raster).write_bytes(b"new")
+        outputs.commit()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.tif"] and raster.read_bytes() == b"new"

@@ -198,7 +198,8 @@ def test_a_fresh_profile_without_master_password_says_so_and_keys_survive_a_rest
             assert manager.setMasterPassword(password, True)
             print("ID", import_key_files("box", server, client))
         else:
-            assert manager.setMasterPassword(password, True)
+            if step == "read":
+                assert manager.setMasterPassword(password, True)
             ids = [i for i, c in manager.availableAuthMethodConfigs().items() if c.name() == "box"]
             print("SECRET", curve_keys(ids[0]).client_secret.decode())
         app.exitQgis()
@@ -208,8 +209,8 @@ def test_a_fresh_profile_without_master_password_says_so_and_keys_survive_a_rest
     (tmp_path / "auth").mkdir()
     args = [str(key_files["server_public"]), str(key_files["analyst_secret"])]
 
-    def session(step: str) -> str:
-        done = subprocess.run([sys.executable, "-c", script, step, TEST_MASTER_PASSWORD, *args], env=env,
+    def session(step: str, **extra_env: str) -> str:
+        done = subprocess.run([sys.executable, "-c", script, step, TEST_MASTER_PASSWORD, *args], env={**env, **extra_env},
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout
@@ -220,4 +221,10 @@ def test_a_fresh_profile_without_master_password_says_so_and_keys_survive_a_rest
     second = session("read")
     assert "ERROR The QGIS master password was not entered or is wrong" in second
     import zmq.auth
-    assert f"SECRET {zmq.auth.load_certificate(str(key_files['analyst_secret']))[1].decode()}" in second
+    secret = f"SECRET {zmq.auth.load_certificate(str(key_files['analyst_secret']))[1].decode()}"
+    assert secret in second
+    # Without a window to ask in (qgis_process, scripts), QGIS reads the master password from a file.
+    password_file = tmp_path / "master.txt"
+    password_file.write_text(TEST_MASTER_PASSWORD)
+    third = session("file", QGIS_AUTH_PASSWORD_FILE=str(password_file))
+    assert "ERROR" not in third and secret in third

@@ -166,7 +166,7 @@ def test_writer_in_a_callers_output_set_publishes_only_with_the_set(tmp_path):
     with OutputSet() as outputs:
         writer = ClassRasterWriter(out, 60, 40, (0, 1, 0, 0, 0, -1), _wkt(32633), CLASSES, outputs=outputs)
         writer.write(0, 0, _class_grid())
-        assert writer.commit() == partial_path(out) == writer.written_path
+        assert writer.finish() == writer.commit() == partial_path(out) == writer.written_path  # idempotent
         assert class_statistics(writer.written_path, CLASSES)[1]["pixels"] == 54  # readable before publishing
         assert out.read_bytes() == b"previous result"
         outputs.commit()

@@ -1,24 +1,40 @@
 """Headless segmentation of a raster file through a worker: the command line twin of the QGIS plugin.
 
 ``python -m worker.segment INPUT OUTPUT --connect ENDPOINT [--extent xmin,ymin,xmax,ymax] [--patch N]
-[--stride N] [--chunk-size N] [--vector OUT.gpkg] [--confidence]``
+[--stride N] [--chunk-size N] [--vector OUT.gpkg] [--confidence] [--stats-json OUT.json]``
 
 Reads INPUT with GDAL window by window (only the chunk being sent is in memory), sends the chunks to the
 worker(s), and writes OUTPUT: a GeoTIFF of uint8 class ids on INPUT's grid and CRS (restricted to the extent),
-255 = nodata, colour table and class names embedded, tiled and compressed. OUTPUT appears under its final name
-only when complete: a failed, cancelled or interrupted run leaves nothing that looks finished.
+255 = nodata, colour table and class names embedded, tiled, compressed, with overviews.
+
+Before any compute it refuses (exit 2, one sentence) bad options and any output that is an input, an existing
+folder, or in a folder it cannot write. All outputs of a run are written under hidden partial names and renamed
+together at the end: a failed, cancelled (Ctrl-C) or terminated (SIGTERM) run leaves none of them under a final
+name and no partial file, and tells the worker to drop the request's chunks.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from .client import WorkerClient
 from .client.protocol import SegmentationCancelled, WorkerError
+from .io.outputs import OutputPathError, OutputSet, check_output_paths
 from .io.raster_source import InputError, RasterSource
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+ENDPOINT_SCHEMES = ("tcp", "ipc")
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP arrived: unwinds like Ctrl-C, so the request is cancelled and partial files removed."""
 
 
 def _parse_numbers(text: str, count: int, cast: type, what: str) -> tuple:
@@ -27,102 +43,226 @@ def _parse_numbers(text: str, count: int, cast: type, what: str) -> tuple:
         values = tuple(cast(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != count:
+    if len(values) != count or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
     return values
 
 
 def _parse_extent(text: str) -> tuple[float, float, float, float]:
-    return _parse_numbers(text, 4, float, "extent must be four numbers xmin,ymin,xmax,ymax")
+    return _parse_numbers(text, 4, float, "extent must be four finite numbers xmin,ymin,xmax,ymax")
 
 
 def _parse_bands(text: str) -> tuple[int, int, int]:
-    return _parse_numbers(text, 3, int, "bands must be three band numbers R,G,B")
+    bands = _parse_numbers(text, 3, int, "bands must be three band numbers R,G,B")
+    if min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"band numbers start at 1, got {text!r}")
+    return bands
+
+
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``), with a sentence saying so otherwise."""
+    expected = f"a whole number from {low} to {high}" if high is not None else f"a whole number of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 86400):
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 86400, got {text!r}")
+    return value
+
+
+def _endpoint(text: str) -> str:
+    """A ZeroMQ endpoint the client can connect to: ``tcp://HOST:PORT`` or ``ipc://PATH``."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} has no scheme; write tcp://{text} (or ipc://PATH)")
+    if scheme not in ENDPOINT_SCHEMES or not rest:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a worker endpoint; expected tcp://HOST:PORT or ipc://PATH")
+    if scheme == "tcp":
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "@" in rest or "/" in rest:
+            raise argparse.ArgumentTypeError(f"{text!r} is not tcp://HOST:PORT with a port from 1 to 65535")
+    return text
+
+
+def _key_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"key file {text} does not exist")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"key file {text} is not readable")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line (not usage + error), exit 2, as for every other refused input."""
+        if message.endswith("expected one argument"):
+            message += " (a value that starts with '-' is written --OPTION=VALUE, e.g. --extent=-9.5,40,-9,41)"
+        self.exit(EXIT_USAGE, f"segment: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m worker.segment", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m worker.segment", description=__doc__.split("\n\n")[0])
     p.add_argument("input", help="input raster (any GDAL format), 8-bit RGB or grey")
     p.add_argument("output", help="output class GeoTIFF")
-    p.add_argument("--connect", action="append", required=True, metavar="ENDPOINT",
+    p.add_argument("--connect", action="append", required=True, metavar="ENDPOINT", type=_endpoint,
                    help="worker endpoint, e.g. tcp://127.0.0.1:5555 (repeat for several workers)")
     p.add_argument("--extent", type=_parse_extent, help="xmin,ymin,xmax,ymax in the input's CRS")
     p.add_argument("--bands", type=_parse_bands, help="input bands used as R,G,B (default: by colour interpretation)")
-    p.add_argument("--patch", type=int, help="window size (default: the worker's)")
-    p.add_argument("--stride", type=int, help="window stride (default: the worker's)")
-    p.add_argument("--chunk-size", type=int, help="chunk side sent per request (default: the worker's)")
-    p.add_argument("--vector", help="also write polygons of the objects to this GeoPackage")
+    p.add_argument("--patch", type=_whole_number(1), help="window size (default: the worker's)")
+    p.add_argument("--stride", type=_whole_number(1), help="window stride (default: the worker's)")
+    p.add_argument("--chunk-size", type=_whole_number(1), help="chunk side sent per request (default: the worker's)")
+    p.add_argument("--vector", help="also write polygons of the objects to this GeoPackage (.gpkg)")
     p.add_argument("--confidence", action="store_true", help="also write OUTPUT_confidence.tif (float32)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (3× slower)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds without news from a worker before retrying")
-    p.add_argument("--retries", type=int, default=3, help="reconnections before giving up")
-    p.add_argument("--server-key", help="the worker's public key file (server.key) for CURVE")
-    p.add_argument("--client-key", help="this client's secret key file (NAME.key_secret) for CURVE")
+    p.add_argument("--timeout", type=_seconds, default=60.0, help="seconds without news from a worker before retrying")
+    p.add_argument("--retries", type=_whole_number(0, 100), default=3, help="reconnections before giving up")
+    p.add_argument("--server-key", type=_key_file, help="the worker's public key file (server.key) for CURVE")
+    p.add_argument("--client-key", type=_key_file, help="this client's secret key file (NAME.key_secret) for CURVE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--stats-json", help="write run and per-class statistics to this JSON file")
     return p
 
 
+def _curve_keys(args: argparse.Namespace) -> tuple[bytes | None, tuple[bytes, bytes] | None]:
+    if not (args.server_key or args.client_key):
+        return None, None
+    if not (args.server_key and args.client_key):
+        raise InputError("CURVE needs both --server-key and --client-key")
+    from .keys import load_client_keys, load_public_key
+
+    try:
+        server_key = load_public_key(args.server_key)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--server-key {args.server_key} holds no usable public key ({exc})") from None
+    try:
+        client_keys = load_client_keys(args.client_key)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--client-key {args.client_key} holds no usable secret key ({exc})") from None
+    if not server_key:
+        raise InputError(f"--server-key {args.server_key} holds no public key")
+    return server_key, client_keys
+
+
+def output_paths(args: argparse.Namespace) -> list[Path]:
+    """Every file a run with these options writes (class raster, confidence, polygons, statistics)."""
+    from .io.raster_output import confidence_path
+
+    paths = [Path(args.output)]
+    if args.confidence:
+        paths.append(confidence_path(Path(args.output)))
+    paths += [Path(p) for p in (args.vector, args.stats_json) if p]
+    return paths
+
+
+def prepare(args: argparse.Namespace) -> tuple[RasterSource, Any, Any]:
+    """Everything that can be refused before a worker is contacted: input, keys, output paths."""
+    if args.vector and Path(args.vector).suffix.lower() != ".gpkg":
+        raise InputError(f"--vector {args.vector} must be a GeoPackage file name ending in .gpkg")
+    source = RasterSource(args.input, args.extent, args.bands)
+    server_key, client_keys = _curve_keys(args)
+    inputs = [args.input, *source.files, args.server_key, args.client_key]
+    check_output_paths(output_paths(args), [p for p in inputs if p])
+    return source, server_key, client_keys
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Segment ``args.input`` into ``args.output``; returns the run statistics (raises on failure)."""
+    """Segment ``args.input`` into ``args.output`` (and the other outputs); returns the run statistics.
+
+    Raises InputError/OutputPathError before any compute, WorkerError, OSError or GDAL's RuntimeError later;
+    whatever is raised, no output of the run is left under a final or partial name.
+    """
+    from .client import WorkerClient
+
+    source, server_key, client_keys = prepare(args)
+    with OutputSet() as outputs:
+        for path in output_paths(args):
+            outputs.add(path)  # up front: clears partials of killed runs, claims the names
+        with WorkerClient(args.connect, timeout_s=args.timeout, retries=args.retries,
+                          server_public_key=server_key, client_keys=client_keys) as client:
+            stats = _segment(args, source, client, outputs)
+        _hold_signals()  # from here on the run is complete: a late signal must not split the renames
+        outputs.commit()
+    return stats
+
+
+def _segment(args: argparse.Namespace, source: RasterSource, client: Any, outputs: OutputSet) -> dict:
+    """Compute the class raster into ``outputs``, then statistics, polygons and the JSON, all still partial."""
     from .io.raster_output import ClassRasterWriter
     from .io.vectorize import class_statistics, polygonize_classes
 
-    source = RasterSource(args.input, args.extent, args.bands)
-    server_key = client_keys = None
-    if args.server_key or args.client_key:
-        from .keys import load_client_keys, load_public_key
-
-        if not (args.server_key and args.client_key):
-            raise InputError("CURVE needs both --server-key and --client-key")
-        server_key, client_keys = load_public_key(args.server_key), load_client_keys(args.client_key)
+    classes = _check_options_with_worker(client, source, args)
+    writer = ClassRasterWriter(args.output, source.width, source.height, source.out_geotransform, source.crs_wkt,
+                               classes, confidence=args.confidence, outputs=outputs)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=100, unit="%", desc="segment", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
+        # leave=False: erased at the end, so a failure's sentence stands alone; disable=None: no bar when piped
+        bar = tqdm(total=100, unit="%", desc="segment", leave=False, disable=None,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
 
     def progress(fraction: float) -> None:
         if bar is not None:
             bar.update(100 * fraction - bar.n)
 
-    with WorkerClient(args.connect, timeout_s=args.timeout, retries=args.retries, server_public_key=server_key,
-                      client_keys=client_keys) as client:
-        classes = client.info()["classes"]
-        try:
-            with ClassRasterWriter(args.output, source.width, source.height, source.out_geotransform, source.crs_wkt,
-                                   classes, confidence=args.confidence) as out:
-                stats = client.segment_raster(
-                    source.height, source.width, source.read, out.write, patch=args.patch, stride=args.stride,
-                    chunk_size=args.chunk_size, confidence=args.confidence, progress=progress, tta=args.tta,
-                )
-        finally:
-            if bar is not None:
-                bar.close()
+    try:
+        stats = client.segment_raster(
+            source.height, source.width, source.read, writer.write, patch=args.patch, stride=args.stride,
+            chunk_size=args.chunk_size, confidence=args.confidence, progress=progress, tta=args.tta,
+        )
+        writer.finish()
+    except BaseException:
+        writer.abort()  # closes the datasets first, so GDAL cannot write a sidecar after the cleanup
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    raster, confidence = writer.written_path, writer.written_confidence_path
     stats["output"] = str(Path(args.output))
     stats["size"] = [source.height, source.width]
-    stats["classes"] = [s for s in class_statistics(args.output, classes) if s["pixels"]]
+    stats["classes"] = [s for s in class_statistics(raster, classes, confidence_path=confidence) if s["pixels"]]
     if args.vector:
         stats["vector"] = str(args.vector)
-        stats["polygons"] = polygonize_classes(args.output, args.vector, classes)
+        stats["polygons"] = polygonize_classes(raster, args.vector, classes, confidence_path=confidence,
+                                               outputs=outputs)
+    if args.stats_json:
+        outputs.partial(args.stats_json).write_text(json.dumps(stats, indent=2))
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_options_with_worker(client: Any, source: RasterSource, args: argparse.Namespace) -> list[dict]:
+    """Ask the worker to plan the job before anything is computed, so options it refuses are a usage error
+    (exit 2) in the CLI's words, not a failure mid-run. Returns the worker's class table."""
+    from .client.protocol import RemoteError
+
+    info = client.info()
+    patch, stride = args.patch or info["patch"], args.stride or info["stride"]
     try:
-        stats = run(args)
-    except InputError as exc:
-        print(f"segment: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, SegmentationCancelled):
-        print("segment: cancelled; no output written", file=sys.stderr)
-        return 130
-    except WorkerError as exc:
-        print(f"segment: {exc}; no output written", file=sys.stderr)
-        return 1
-    if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(stats, indent=2))
+        client.plan(source.height, source.width, patch, stride, args.chunk_size or info.get("chunk_size", 4096))
+    except RemoteError as exc:
+        if exc.code not in ("bad_header", "too_large"):
+            raise
+        reason = re.sub(r"header field '(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), exc.message)
+        raise InputError(f"the worker refuses these options: {reason.rstrip('.')}") from None
+    return info["classes"]
+
+
+def _print_summary(stats: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"wrote {stats['output']} ({stats['size'][1]}×{stats['size'][0]} px, {stats['chunks']} chunks, "
           f"{stats['seconds']:.1f} s, {stats['retries']} retries)")
     for item in stats["classes"]:
@@ -130,7 +270,70 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * item['share']:6.2f}%")
     if args.vector:
         print(f"wrote {stats['vector']} ({stats['polygons']} polygons)")
+    if args.stats_json:
+        print(f"wrote {args.stats_json}")
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    """First SIGINT/SIGTERM/SIGHUP unwinds the run; later ones are ignored so the cleanup can finish."""
+    for sig in _HANDLED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _hold_signals() -> None:
+    """Ignore further SIGINT/SIGTERM/SIGHUP if :func:`main` handles them (not when ``run`` is used as a library)."""
+    for sig in _HANDLED_SIGNALS:
+        if signal.getsignal(sig) is _on_signal:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+_HANDLED_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # GDAL's own warnings would add lines to the one sentence
+    for sig in _HANDLED_SIGNALS:
+        signal.signal(sig, _on_signal)
+    try:
+        stats = run(args)
+    except (InputError, OutputPathError) as exc:
+        return _fail(EXIT_USAGE, str(exc).rstrip("."))
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "cancelled; the worker was told to stop and no output was written")
+    except SegmentationCancelled as exc:
+        return _fail(EXIT_FAILED, f"{_first_line(exc)}; no output written")
+    except Terminated as exc:
+        return _fail(128 + signal.Signals[str(exc)].value,
+                     f"terminated by {exc}; the worker was told to stop and no output was written")
+    except WorkerError as exc:
+        reason = _first_line(exc)
+        return _fail(EXIT_FAILED, f"{reason} (no output written)" if reason.endswith("?") else
+                     f"{reason}; no output written")
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        return _fail(EXIT_FAILED, f"cannot write{where}: {exc.strerror or exc}; no output written")
+    except RuntimeError as exc:  # GDAL/OGR: disk full, driver errors
+        return _fail(EXIT_FAILED, f"failed: {_first_line(exc)}; no output written")
+    except Exception as exc:  # a bug: still one sentence, never a traceback
+        return _fail(EXIT_FAILED, f"failed ({type(exc).__name__}: {_first_line(exc)}); no output written")
+    _print_summary(stats, args)
     return 0
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"segment: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

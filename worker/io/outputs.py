@@ -98,6 +98,38 @@ def _remove(paths: Iterable[Path]) -> None:
             pass  # best effort: a cleanup must never hide the error that caused it
 
 
+class _Backups:
+    """Hard links to the files a commit is about to replace or remove, to put them back if the commit fails."""
+
+    def __init__(self, targets: list[Path]) -> None:
+        self.targets = targets
+        self.existed = {t for t in targets if t.exists()}
+        self.saved: dict[Path, Path] = {}
+        for target in targets:
+            if target.is_file():
+                backup = target.with_name(f".{target.name}.factseg-previous")
+                try:
+                    backup.unlink(missing_ok=True)
+                    os.link(target, backup)
+                    self.saved[target] = backup
+                except OSError:
+                    pass  # no hard links here (FAT, some network shares): that file cannot be rolled back
+
+    def restore(self) -> None:
+        """Put every saved file back and remove the targets that did not exist before."""
+        for target in self.targets:
+            try:
+                if target in self.saved:
+                    os.replace(self.saved[target], target)
+                elif target not in self.existed and target.is_file():
+                    target.unlink()  # ours: it did not exist before the commit
+            except OSError:
+                pass  # best effort: the commit's own error is the one to report
+
+    def drop(self) -> None:
+        _remove(self.saved.values())
+
+
 class OutputSet:
     """The outputs of one run, written under partial names and published together by :meth:`commit`.
 
@@ -116,12 +148,18 @@ class OutputSet:
         return list(self._finals)
 
     def add(self, final: PathLike) -> Path:
-        """Register ``final`` and return the partial path to write it under (a stale partial is removed)."""
+        """Register ``final`` and return the partial path to write it under.
+
+        A stale partial (left by a killed run) is removed on first registration; registering the same final path
+        again returns the same partial without touching it, so a caller may register every output up front and
+        a writer given the set may register it again.
+        """
         if self.committed:
             raise RuntimeError("this OutputSet is already committed")
         final = Path(final)
-        if any(_same_file(final, f) for f in self._finals):
-            raise OutputPathError(f"output {final} is registered twice")
+        for known in self._finals:
+            if known == final or _same_file(final, known):
+                return partial_path(known)
         partial = partial_path(final)
         if partial.is_dir():
             raise OutputPathError(f"cannot write {final}: a folder {partial} is in the way of its temporary file")
@@ -140,7 +178,10 @@ class OutputSet:
         """Rename every partial to its final name (with its sidecars); returns the final paths.
 
         Every partial must exist, or nothing is renamed. A stale sidecar of a replaced final file (e.g. old
-        category names in ``.aux.xml``) is removed, so it cannot describe the new file.
+        category names in ``.aux.xml``) is removed, so it cannot describe the new file. Files about to be replaced
+        are first hard-linked to a hidden backup, so when a rename fails half-way (a folder created under a final
+        name meanwhile, a full or read-only disk) the earlier outputs are rolled back: the old files return and
+        the new ones go, and the run publishes nothing.
         """
         if self.committed:
             return self.finals
@@ -148,30 +189,29 @@ class OutputSet:
         if missing:
             self.discard()
             raise OutputPathError(f"output {missing[0]} was never written, so no output of this run was kept")
-        done: list[Path] = []
+        moves = [(old, new) for final in self._finals
+                 for old, new in zip([partial_path(final), *sidecars(partial_path(final))], [final, *sidecars(final)])]
+        replaced = _Backups([new for old, new in moves if old.exists() or new.is_file()])
         try:
-            for final in self._finals:
-                partial = partial_path(final)
-                os.replace(partial, final)
-                done.append(final)
-                for old, new in zip(sidecars(partial), sidecars(final)):
-                    if old.exists():
-                        os.replace(old, new)
-                    elif new.is_file():
-                        new.unlink()
+            for old, new in moves:
+                if old.exists():
+                    os.replace(old, new)
+                elif new.is_file():
+                    new.unlink()
         except OSError as exc:
+            replaced.restore()
             self.discard()
-            raise OutputPathError(
-                f"could not publish {final} ({exc.strerror}); {len(done)} of {len(self._finals)} outputs were "
-                f"already renamed: {', '.join(map(str, done)) or 'none'}"
-            ) from None
+            raise OutputPathError(f"could not publish {new} ({exc.strerror}), so no output of this run was kept; "
+                                  "files that were there before are unchanged") from None
+        replaced.drop()
         self.committed = True
         return self.finals
 
-    def discard(self) -> None:
-        """Remove every partial file and its sidecars (safe to call more than once; final files untouched)."""
-        for final in self._finals:
-            partial = partial_path(final)
+    def discard(self, final: PathLike | None = None) -> None:
+        """Remove the partial files and their sidecars: of every output, or of ``final`` only (safe to call more
+        than once; files under final names are never touched)."""
+        for known in self._finals if final is None else [Path(final)]:
+            partial = partial_path(known)
             _remove([partial, *sidecars(partial)])
 
     def __enter__(self) -> OutputSet:

@@ -19,7 +19,7 @@ from types import TracebackType
 import numpy as np
 from osgeo import gdal
 
-from .outputs import OutputSet, partial_path, sidecars
+from .outputs import OutputSet, partial_path
 
 gdal.UseExceptions()
 
@@ -106,6 +106,7 @@ class ClassRasterWriter:
         self._targets = [self.path] + ([confidence_path(self.path)] if confidence else [])
         self._partials = [outputs.add(target) for target in self._targets]
         self._datasets: list[gdal.Dataset | None] = []
+        self._finished = False
         try:
             for index, partial in enumerate(self._partials):
                 self._datasets.append(self._create(partial, geotransform, crs_wkt, is_confidence=index > 0))
@@ -166,7 +167,10 @@ class ClassRasterWriter:
         return ds
 
     def finish(self) -> Path:
-        """Build the overviews and close the files, still under their partial names; returns the class raster's."""
+        """Build the overviews and close the files, still under their partial names; returns the class raster's.
+        Calling it again is harmless."""
+        if self._finished:
+            return self._partials[0]
         try:
             for index in range(len(self._datasets)):
                 ds = self._dataset(index)
@@ -178,6 +182,7 @@ class ClassRasterWriter:
         except Exception:
             self.abort()
             raise
+        self._finished = True
         return self._partials[0]
 
     def commit(self) -> Path:
@@ -190,9 +195,8 @@ class ClassRasterWriter:
     def abort(self) -> None:
         """Discard everything this writer wrote (safe to call more than once)."""
         self._close()
-        for partial in self._partials:
-            for path in (partial, *sidecars(partial)):
-                path.unlink(missing_ok=True)
+        for target in self._targets:
+            self.outputs.discard(target)
 
     def _close(self) -> None:
         self._datasets = [None for _ in self._datasets]

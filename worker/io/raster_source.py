@@ -21,7 +21,8 @@ class RasterSource:
         try:
             self.ds = gdal.Open(str(path))
         except RuntimeError as exc:
-            raise InputError(f"cannot open {path}: {exc}") from None
+            reason = (str(exc).strip().splitlines() or ["unknown error"])[0]
+            raise InputError(f"cannot open {path}: {reason}") from None
         ds = self.ds
         self.bands = bands or self._rgb_bands()
         for b in self.bands:
@@ -33,6 +34,9 @@ class RasterSource:
                     f"{path} band {b} is {gdal.GetDataTypeName(band.DataType)}; FactSeg expects 8-bit RGB. Convert "
                     f"first, e.g. gdal_translate -ot Byte -scale {path} rgb8.tif"
                 )
+        self.path = str(path)
+        #: Every file of the dataset (a VRT's sources, a format's header and data files): outputs must avoid them.
+        self.files = [str(f) for f in (ds.GetFileList() or [])] or [self.path]
         self.geotransform = ds.GetGeoTransform()
         self.crs_wkt = ds.GetProjection() or ""
         self.row0, self.col0, self.height, self.width = self._window(extent)
@@ -65,11 +69,16 @@ class RasterSource:
         if gt[2] != 0 or gt[4] != 0:
             raise InputError("--extent needs a north-up raster (no rotation in its geotransform)")
         xmin, ymin, xmax, ymax = extent
+        if not all(math.isfinite(v) for v in extent):
+            raise InputError(f"--extent {extent} must be four finite numbers")
         if xmin >= xmax or ymin >= ymax:
             raise InputError(f"--extent {extent} is empty: expected xmin,ymin,xmax,ymax with min < max")
+        if gt[1] == 0 or gt[5] == 0:
+            raise InputError(f"--extent needs a georeferenced raster; its pixel size is {gt[1]} × {gt[5]}")
         eps = 1e-6
-        cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
-        rows = sorted(((ymax - gt[3]) / gt[5], (ymin - gt[3]) / gt[5]))
+        # clamped to the raster before rounding: a huge extent over tiny pixels overflows to ±inf
+        cols = sorted(_clamp(v, ds.RasterXSize) for v in ((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
+        rows = sorted(_clamp(v, ds.RasterYSize) for v in ((ymax - gt[3]) / gt[5], (ymin - gt[3]) / gt[5]))
         col0, col1 = max(0, math.floor(cols[0] + eps)), min(ds.RasterXSize, math.ceil(cols[1] - eps))
         row0, row1 = max(0, math.floor(rows[0] + eps)), min(ds.RasterYSize, math.ceil(rows[1] - eps))
         if col0 >= col1 or row0 >= row1:
@@ -83,9 +92,18 @@ class RasterSource:
         xoff, yoff, w, h = self.col0 + x0, self.row0 + y0, x1 - x0, y1 - y0
         pixels = np.empty((h, w, 3), dtype=np.uint8)
         valid = np.ones((h, w), dtype=bool) if self._masked else None
-        for i, b in enumerate(self.bands):
-            band = self.ds.GetRasterBand(b)
-            pixels[:, :, i] = band.ReadAsArray(xoff, yoff, w, h)
-            if valid is not None:
-                valid &= band.GetMaskBand().ReadAsArray(xoff, yoff, w, h) != 0
+        try:
+            for i, b in enumerate(self.bands):
+                band = self.ds.GetRasterBand(b)
+                pixels[:, :, i] = band.ReadAsArray(xoff, yoff, w, h)
+                if valid is not None:
+                    valid &= band.GetMaskBand().ReadAsArray(xoff, yoff, w, h) != 0
+        except RuntimeError as exc:  # a truncated or corrupt file often fails only where its data is missing
+            reason = (str(exc).strip().splitlines() or ["read error"])[0].rstrip(".")
+            raise InputError(f"cannot read {self.path} at rows {yoff}–{yoff + h}, columns {xoff}–{xoff + w} "
+                             f"(is the file truncated or corrupt? GDAL: {reason})") from None
         return pixels, valid
+
+
+def _clamp(value: float, size: int) -> float:
+    return min(max(value, -1.0), size + 1.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .outputs import OutputSet, sidecars
+from .outputs import OutputSet
 from .raster_output import NODATA
 
 gdal.UseExceptions()
@@ -152,8 +152,7 @@ def polygonize_classes(
             outputs.commit()
         return count
     except BaseException:
-        for path in (tmp, *sidecars(tmp)):
-            path.unlink(missing_ok=True)
+        outputs.discard(gpkg_path)
         raise
 
 
