@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from osgeo import gdal
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransformContext,
@@ -146,7 +147,7 @@ def prepare_job(
     if confidence_path and Path(confidence_path).suffix.lower() not in (".tif", ".tiff"):
         raise FactSegError(f"The confidence raster is written as a GeoTIFF: give a .tif file name, not "
                            f"{confidence_path}.")
-    check_outputs([output_path, vector_path, confidence_path], [layer.source().split("|")[0]])
+    check_outputs([output_path, vector_path, confidence_path], input_files(layer))
     beside = worker_confidence_path(Path(output_path))
     if confidence_path and Path(confidence_path).resolve() != beside.resolve() and beside.exists():
         raise FactSegError(f"The confidence raster is first written as {beside}, which exists: move that file, or "
@@ -172,6 +173,20 @@ def prepare_job(
         vector_path=Path(vector_path) if vector_path else None, statistics=statistics,
         patch=patch, stride=stride, layer_name=layer.name(), chunk_size=chunk_size or None, tta=bool(tta),
         confidence_path=Path(confidence_path) if confidence_path else None)
+
+
+def input_files(layer: QgsRasterLayer) -> list[str]:
+    """Every file the layer reads: its source and, for a GDAL dataset such as a VRT, the files behind it."""
+    source = layer.source().split("|")[0]
+    files = [source]
+    if layer.providerType() == "gdal":
+        gdal.PushErrorHandler("CPLQuietErrorHandler")
+        try:
+            dataset = gdal.Open(source)
+            files += list(dataset.GetFileList() or []) if dataset is not None else []
+        finally:
+            gdal.PopErrorHandler()
+    return files
 
 
 def run_job(

@@ -99,3 +99,17 @@ def test_confidence_and_tta_outputs(provider, worker, tmp_path):
     assert {"class_id", "class_name", "area_m2", "mean_confidence"} <= set(names)
     feature = layer.GetNextFeature()
     assert feature is not None and 0 < feature.GetField("mean_confidence") <= 1
+
+
+def test_vrt_source_file_is_an_input(provider, worker, tmp_path):
+    """A VRT reads other files: writing over one of them is refused too (it would destroy the imagery)."""
+    from osgeo import gdal
+
+    src = write_geotiff(tmp_path / "in.tif", scene(64, 64), UTM_GT, 32633)
+    before = src.read_bytes()
+    gdal.BuildVRT(str(tmp_path / "mosaic.vrt"), [str(src)]).FlushCache()
+    feedback = Errors()
+    with pytest.raises(QgsProcessingException) as raised:
+        run(worker, feedback, INPUT=str(tmp_path / "mosaic.vrt"), OUTPUT=str(src))
+    assert "is the input" in " ".join([str(raised.value), *feedback.errors])
+    assert src.read_bytes() == before
