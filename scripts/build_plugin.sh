@@ -27,7 +27,7 @@ copy_tree qgis_plugin "$STAGE/$NAME"
 copy_tree worker "$STAGE/$NAME/worker"
 copy_tree factseg_core "$STAGE/$NAME/factseg_core"
 cp metadata.txt "$STAGE/$NAME/metadata.txt"
-for extra in LICENSE README.md; do
+for extra in LICENSE README.md worker-requirements.txt; do
   [ -f "$extra" ] && cp "$extra" "$STAGE/$NAME/$extra"
 done
 

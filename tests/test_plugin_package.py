@@ -148,3 +148,34 @@ def test_missing_pyzmq_gives_advice_not_a_traceback(plugin_zip, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "MissingDependencyPlugin | FactSeg needs pyzmq" in run.stdout
     assert "python3-zmq" in run.stdout
+
+
+def test_installed_plugin_imports_only_the_client_side_of_worker(plugin_zip, tmp_path):
+    """In QGIS's own Python, the installed plugin imports worker.client and worker.io as its own subpackage
+    (factseg.worker…), changes no sys.path entry, and loads neither the server, factseg_core nor torch."""
+    import json
+    import subprocess
+
+    plugins = tmp_path / "plugins"
+    unpack_plugin(plugin_zip, plugins)
+    assert zipfile.ZipFile(plugin_zip).read("factseg/worker-requirements.txt")  # for Set up worker…
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(plugins)!r})\n"
+        "from qgis.core import QgsApplication\n"
+        "app = QgsApplication([], False); app.initQgis()\n"
+        "before = list(sys.path)\n"
+        "import factseg, factseg.plugin, factseg.processing_provider.segment_algorithm, factseg.dialog\n"
+        "print(json.dumps({'path_changed': sys.path != before, 'modules': sorted(sys.modules)}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    run = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    modules = report["modules"]
+    assert not report["path_changed"]
+    assert "factseg.worker.client.client" in modules and "factseg.worker.io.outputs" in modules
+    assert not [m for m in modules if m == "worker" or m.startswith("worker.")]
+    assert not [m for m in modules if m.startswith(("factseg.worker.server", "factseg.factseg_core", "torch"))]
