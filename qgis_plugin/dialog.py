@@ -20,7 +20,14 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRectangle,
 )
-from qgis.gui import QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent, QgsRasterBandComboBox
+from qgis.gui import (
+    QgsAuthConfigSelect,
+    QgsDoubleSpinBox,
+    QgsFileWidget,
+    QgsMapLayerComboBox,
+    QgsMapToolExtent,
+    QgsRasterBandComboBox,
+)
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QButtonGroup,
@@ -144,8 +151,9 @@ class SegmentDialog(QDialog):
         self.client_key_widget = QgsFileWidget()
         self.client_key_widget.setFilter("CURVE secret keys (*.key_secret);;All files (*)")
         self.client_key_widget.setDialogTitle("This client's secret key (.key_secret)")
-        self.authcfg_edit = QLineEdit()
-        self.authcfg_edit.setPlaceholderText("or: id of a QGIS authentication configuration holding both keys")
+        self.authcfg_edit = QgsAuthConfigSelect()  # or: a QGIS authentication configuration holding both keys
+        self.authcfg_edit.setToolTip("A QGIS authentication configuration holding the worker's public key and this "
+                                     "client's key pair (Set up under Settings ▸ Options ▸ Authentication)")
         form.addRow(self.local_radio)
         self.python_panel = WorkerPythonPanel()
         self.python_widget = self.python_panel  # path, check and *Set up worker…* in one row
@@ -222,7 +230,7 @@ class SegmentDialog(QDialog):
         self.confidence_check.setChecked(s.confidence)
         self.server_key_edit.setText(s.server_key)
         self.client_key_widget.setFilePath(s.client_key)
-        self.authcfg_edit.setText(s.authcfg)
+        self.authcfg_edit.setConfigId(s.authcfg)
         self.units_combo.setCurrentIndex(RESOLUTION_UNITS.index(s.resolution_units)
                                          if s.resolution_units in RESOLUTION_UNITS else 0)
         self.scaling_combo.setCurrentIndex(SCALING_MODES.index(s.scaling) if s.scaling in SCALING_MODES else 0)
@@ -248,7 +256,7 @@ class SegmentDialog(QDialog):
             confidence=self.confidence_check.isChecked(),
             server_key=self.server_key_edit.text().strip(),
             client_key=self.client_key_widget.filePath().strip(),
-            authcfg=self.authcfg_edit.text().strip(),
+            authcfg=(self.authcfg_edit.configId() or "").strip(),
             resolution_units=RESOLUTION_UNITS[self.units_combo.currentIndex()],
             scaling=SCALING_MODES[self.scaling_combo.currentIndex()],
             extent_source=EXTENT_SOURCES[self.extent_combo.currentIndex()],

@@ -280,3 +280,43 @@ def test_dialog_checks_the_worker_python_off_the_gui_thread(qgis_iface):
         if not ok:
             assert "torch" in panel.status_label.text()
     dialog.close()
+
+
+def test_dialog_runs_against_a_curve_worker_with_keys_from_the_auth_database(plugin, tiny_checkpoint, tmp_path,
+                                                                             qgis_iface):
+    """The dialog's path with an authentication configuration: the client secret lives in QgsAuthManager, Check
+    worker says the link is CURVE-authenticated, and the job runs through factseg:segment with AUTHCFG."""
+    from auth_support import unlock_test_auth_db
+    from plugin_support import start_curve_worker
+
+    from qgis_plugin.auth import import_key_files
+    from qgis_plugin.dialog import SegmentDialog
+
+    unlock_test_auth_db()
+    running, keys = start_curve_worker(tiny_checkpoint, tmp_path / "keys")
+    try:
+        authcfg = import_key_files("FactSeg test worker", keys["server_public"], keys["client_secret"])
+        params = make_params(tmp_path, running.endpoint, size=(64, 96))
+        dialog = SegmentDialog(qgis_iface)
+        dialog.endpoint_radio.setChecked(True)
+        dialog.endpoint_edit.setText(running.endpoint)
+        dialog.authcfg_edit.setConfigId(authcfg)
+        check = wait_check(dialog)
+        assert check.ok and check.authenticated, check.message
+        assert "CURVE-authenticated" in dialog.classes_label.text()
+        dialog.layer_combo.setLayer(params["INPUT"])
+        dialog.extent_combo.setCurrentIndex(0)  # the whole layer (the settings may remember another source)
+        dialog.patch_spin.setValue(PATCH)
+        dialog.stride_spin.setValue(STRIDE)
+        dialog.output_widget.setFilePath(params["OUTPUT"])
+        dialog.polygons_check.setChecked(False)
+        dialog.accept()
+        assert dialog.error_label.text() == "" and dialog.run.parameters["AUTHCFG"] == authcfg
+        task = plugin.start(dialog.run)
+        wait_for(task)
+        assert task.status() == QgsTask.TaskStatus.Complete, task.error
+        ids, _ = read_classes(tmp_path / "classes.tif")
+        assert ids.shape == (64, 96)
+        dialog.close()
+    finally:
+        running.stop()
