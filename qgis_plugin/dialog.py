@@ -42,12 +42,12 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from .curve import resolve_keys
+from .dialog_widgets import extent_text, spin, wrap
 from .errors import FactSegError
 from .grid import ground_metres_per_unit, native_resolution
 from .raster_reading import ARGB_TYPES, default_bands
@@ -86,6 +86,20 @@ class SegmentDialog(QDialog):
 
     def _build(self) -> None:
         layout = QVBoxLayout(self)
+        layout.addWidget(self._build_input())
+        layout.addWidget(self._build_worker())
+        layout.addWidget(self._build_output())
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #b00020")
+        layout.addWidget(self.error_label)
+        self.button_box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.button_box.button(QDialogButtonBox.StandardButton.Ok).setText("Segment")
+        self.button_box.accepted.connect(self.accept)
+        self.button_box.rejected.connect(self.reject)
+        layout.addWidget(self.button_box)
+
+    def _build_input(self) -> QGroupBox:
         source = QGroupBox("Input")
         form = QFormLayout(source)
         self.layer_combo = QgsMapLayerComboBox()
@@ -109,7 +123,7 @@ class SegmentDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(self.draw_button)
         row.addWidget(self.extent_label, 1)
-        form.addRow("", _wrap(row))
+        form.addRow("", wrap(row))
         self.resolution_spin = QgsDoubleSpinBox()
         self.resolution_spin.setDecimals(9)
         self.resolution_spin.setRange(0.0, 1e9)
@@ -123,18 +137,19 @@ class SegmentDialog(QDialog):
         row.addWidget(self.resolution_spin, 1)
         row.addWidget(self.units_combo)
         row.addWidget(self.native_button)
-        form.addRow("Resolution", _wrap(row))
+        form.addRow("Resolution", wrap(row))
         self.band_combos = [QgsRasterBandComboBox() for _ in range(3)]
         row = QHBoxLayout()
         for label, combo in zip(("R", "G", "B"), self.band_combos):
             row.addWidget(QLabel(label))
             row.addWidget(combo, 1)
-        form.addRow("Bands", _wrap(row))
+        form.addRow("Bands", wrap(row))
         self.scaling_combo = QComboBox()
         self.scaling_combo.addItems(SCALING_LABELS)
         form.addRow("Scaling to 0–255", self.scaling_combo)
-        layout.addWidget(source)
+        return source
 
+    def _build_worker(self) -> QGroupBox:
         worker = QGroupBox("Worker")
         form = QFormLayout(worker)
         self.endpoint_radio = QRadioButton("Connect to a running worker")
@@ -174,21 +189,22 @@ class SegmentDialog(QDialog):
         self.classes_label.setTextFormat(Qt.TextFormat.RichText)
         form.addRow(self.check_button)
         form.addRow(self.classes_label)  # a row of its own, full width: the class legend wraps, never clips
-        self.patch_spin = _spin(0, 4096, "Sliding-window size in pixels (model: the model's own; FactSeg: 896)")
-        self.stride_spin = _spin(0, 4096, "Step between windows in pixels (model: the model's own; FactSeg: 512)")
-        self.chunk_spin = _spin(0, 65536, "Pixels per chunk side sent to the worker (worker: its default)")
-        self.batch_spin = _spin(0, 256, "Windows per forward pass of a local worker (0: its default)")
+        self.patch_spin = spin(0, 4096, "Sliding-window size in pixels (model: the model's own; FactSeg: 896)")
+        self.stride_spin = spin(0, 4096, "Step between windows in pixels (model: the model's own; FactSeg: 512)")
+        self.chunk_spin = spin(0, 65536, "Pixels per chunk side sent to the worker (worker: its default)")
+        self.batch_spin = spin(0, 256, "Windows per forward pass of a local worker (0: its default)")
         row = QHBoxLayout()
-        for label, spin, special in (("Patch", self.patch_spin, "model"), ("Stride", self.stride_spin, "model"),
-                                     ("Chunk", self.chunk_spin, "worker"), ("Batch", self.batch_spin, "default")):
-            spin.setSpecialValueText(special)
+        for label, box, special in (("Patch", self.patch_spin, "model"), ("Stride", self.stride_spin, "model"),
+                                    ("Chunk", self.chunk_spin, "worker"), ("Batch", self.batch_spin, "default")):
+            box.setSpecialValueText(special)
             row.addWidget(QLabel(label))
-            row.addWidget(spin)
-        form.addRow("Windows", _wrap(row))
+            row.addWidget(box)
+        form.addRow("Windows", wrap(row))
         self.tta_check = QCheckBox("Flip test-time augmentation (slower, steadier)")
         form.addRow("", self.tta_check)
-        layout.addWidget(worker)
+        return worker
 
+    def _build_output(self) -> QGroupBox:
         output = QGroupBox("Output")
         form = QFormLayout(output)
         self.output_widget = QgsFileWidget()
@@ -202,17 +218,7 @@ class SegmentDialog(QDialog):
         form.addRow(self.polygons_check)
         form.addRow(self.confidence_check)
         form.addRow(self.statistics_check)
-        layout.addWidget(output)
-
-        self.error_label = QLabel()
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #b00020")
-        layout.addWidget(self.error_label)
-        self.button_box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        self.button_box.button(QDialogButtonBox.StandardButton.Ok).setText("Segment")
-        self.button_box.accepted.connect(self.accept)
-        self.button_box.rejected.connect(self.reject)
-        layout.addWidget(self.button_box)
+        return output
 
     def _load_settings(self) -> None:
         s = self.settings
@@ -439,7 +445,7 @@ class SegmentDialog(QDialog):
             params.update(WORKER=s.endpoint, SERVER_KEY=s.server_key, CLIENT_KEY=s.client_key, AUTHCFG=s.authcfg)
         extent = self.current_extent()
         if extent is not None:
-            params["EXTENT"] = _extent_text(*extent)
+            params["EXTENT"] = extent_text(*extent)
         value = self.resolution_spin.value()
         resolution = 0.0 if self._native_value is not None and value == self._native_value else value
         if resolution <= 0 and native_resolution(layer) is None:
@@ -478,24 +484,3 @@ class SegmentDialog(QDialog):
         self.settings = self.current_settings()
         self.settings.save()
         super().accept()
-
-
-def _extent_text(rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> str:
-    """An extent as Processing reads it: 'xmin,xmax,ymin,ymax [AUTHID]', full precision."""
-    values = (rectangle.xMinimum(), rectangle.xMaximum(), rectangle.yMinimum(), rectangle.yMaximum())
-    text = ",".join(repr(float(v)) for v in values)
-    return f"{text} [{crs.authid()}]" if crs.isValid() and crs.authid() else text
-
-
-def _spin(low: int, high: int, tip: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setToolTip(tip)
-    return spin
-
-
-def _wrap(layout) -> QWidget:
-    widget = QWidget()
-    layout.setContentsMargins(0, 0, 0, 0)
-    widget.setLayout(layout)
-    return widget

@@ -182,10 +182,10 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     zoom1 = 40075016.68557849 / 512
     origin = -20037508.342789244
     extent = QgsRectangle(origin + 100 * zoom1, -origin - 300 * zoom1, origin + 300 * zoom1, -origin - 100 * zoom1)
-    from qgis_plugin.dialog import _extent_text
+    from qgis_plugin.dialog_widgets import extent_text
 
     task = plugin.start_run({"INPUT": layer, "OUTPUT": str(tmp_path / "classes.tif"), "WORKER": worker.endpoint,
-                             "EXTENT": _extent_text(extent, layer.crs()), "RESOLUTION": zoom1, "PATCH": PATCH,
+                             "EXTENT": extent_text(extent, layer.crs()), "RESOLUTION": zoom1, "PATCH": PATCH,
                              "STRIDE": STRIDE})
     wait_for(task)
     assert task.status() == QgsTask.TaskStatus.Complete, task.error
@@ -216,6 +216,9 @@ def test_dialog_check_worker_shows_its_classes(qgis_iface, worker):
     dialog = SegmentDialog(qgis_iface)
     dialog.endpoint_radio.setChecked(True)
     dialog.endpoint_edit.setText(worker.endpoint)
+    for field in (dialog.server_key_edit, dialog.client_key_widget):  # a plain ipc worker: no keys
+        field.setFilePath("") if hasattr(field, "setFilePath") else field.setText("")
+    dialog.authcfg_edit.setConfigId("")
     check = wait_check(dialog)
     info = check.info if check.ok else None
     assert info is not None and len(info["classes"]) == 16
@@ -291,6 +294,7 @@ def test_dialog_runs_against_a_curve_worker_with_keys_from_the_auth_database(plu
 
     from qgis_plugin.auth import import_key_files
     from qgis_plugin.dialog import SegmentDialog
+    from qgis_plugin.settings import PluginSettings
 
     unlock_test_auth_db()
     running, keys = start_curve_worker(tiny_checkpoint, tmp_path / "keys")
@@ -320,3 +324,4 @@ def test_dialog_runs_against_a_curve_worker_with_keys_from_the_auth_database(plu
         dialog.close()
     finally:
         running.stop()
+        PluginSettings().save()  # the next dialog starts without this worker's keys
