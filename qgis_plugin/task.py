@@ -132,7 +132,7 @@ class SegmentRun:
                 text = str(self.results.get("SUMMARY") or "Segmentation finished.")
                 log(f"Done: {self.results.get('OUTPUT')}. {text}", Qgis.MessageLevel.Success)
                 self._report(text, Qgis.MessageLevel.Success, title="FactSeg finished")
-            elif self.cancelled or (self.feedback.isCanceled() and not self.feedback.errors):
+            elif self.cancelled or self.feedback.isCanceled():  # here, or from the task manager's panel
                 self.cancelled = True
                 self.error = "Segmentation cancelled; the worker stopped and no output was written."
                 self._report(self.error, Qgis.MessageLevel.Info)

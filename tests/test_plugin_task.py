@@ -91,7 +91,8 @@ def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgi
     assert plugin.runs == []
 
 
-def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface, monkeypatch):
+@pytest.mark.parametrize("via", ["plugin", "task manager"])
+def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface, monkeypatch, via):
     from qgis_plugin.raster_reading import RasterReader
     from worker.client import WorkerClient
 
@@ -115,7 +116,7 @@ def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path,
         QCoreApplication.processEvents()
         time.sleep(0.01)
     assert any(0 < p < 100 for p in progress), progress
-    task.cancel()
+    (task.cancel if via == "plugin" else task.task.cancel)()  # the run's cancel, or the QgsTask's own button
     gate.set()
     wait_for(task)
     assert task.status() == QgsTask.TaskStatus.Terminated
