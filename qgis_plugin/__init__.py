@@ -5,10 +5,9 @@ runs in a separate worker process reached over ZeroMQ (``worker.client``).
 """
 from __future__ import annotations
 
-from .worker_import import ensure_worker_importable
-
 try:
-    ensure_worker_importable()
+    from . import worker_import  # noqa: F401 (the client side of worker: pyzmq, numpy, GDAL)
+
     IMPORT_ERROR: ImportError | None = None
 except ImportError as exc:  # pyzmq missing in QGIS's Python, typically: say so in words, not a traceback
     IMPORT_ERROR = exc

@@ -25,7 +25,7 @@ def union_of(
 ) -> QgsGeometry:
     """The polygons merged into one geometry in ``target_crs``; FactSegError if there is no polygon area."""
     polygons = [QgsGeometry(g) for g in geometries
-                if g is not None and not g.isEmpty() and g.type() == QgsWkbTypes.PolygonGeometry]
+                if g is not None and not g.isEmpty() and g.type() == QgsWkbTypes.GeometryType.PolygonGeometry]
     if not polygons:
         raise FactSegError("The area of interest has no polygons: select polygon features to segment inside.")
     merged = QgsGeometry.unaryUnion(polygons)

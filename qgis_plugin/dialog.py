@@ -1,22 +1,33 @@
 """The Segment Layer dialog (widgets built in code, no .ui file to compile).
 
-It gathers the request (layer, extent, resolution, bands, worker, sliding-window sizes, outputs), remembers the
-choices in QgsSettings and turns them into a :class:`JobRequest` with :meth:`SegmentDialog.build_request`; the
-plugin runs that as a task. The dialog is modeless so that a rectangle can be drawn on the map.
+It gathers the request (layer, extent, resolution, bands, worker and its keys, sliding-window sizes, outputs),
+remembers the choices in QgsSettings and turns them into the parameters of ``factseg:segment``
+(:meth:`SegmentDialog.build_parameters`): the dialog is a face for the Processing algorithm, which the plugin runs
+as a Processing task (:class:`.task.SegmentRun`). The request is prepared when Segment is pressed, so a bad one is
+explained in the dialog, which stays open. The dialog is modeless so that a rectangle can be drawn on the map.
 """
 from __future__ import annotations
 
 import html
 
 from qgis.core import (
+    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsMapLayerProxyModel,
+    QgsProcessingFeatureSourceDefinition,
     QgsProcessingUtils,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
 )
-from qgis.gui import QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent, QgsRasterBandComboBox
+from qgis.gui import (
+    QgsAuthConfigSelect,
+    QgsDoubleSpinBox,
+    QgsFileWidget,
+    QgsMapLayerComboBox,
+    QgsMapToolExtent,
+    QgsRasterBandComboBox,
+)
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QButtonGroup,
@@ -31,21 +42,20 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from worker.client import WorkerClient
-from worker.client.protocol import WorkerError
-
+from .curve import resolve_keys
+from .dialog_widgets import extent_text, spin, wrap
 from .errors import FactSegError
 from .grid import ground_metres_per_unit, native_resolution
-from .job import JobRequest, WorkerTarget, prepare_job
-from .local_workers import LocalWorkerSpec
 from .raster_reading import ARGB_TYPES, default_bands
 from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
-from .styling import display_name
+from .styling import display_color, display_name, object_classes
+from .task import SegmentRun
+from .worker_check import CheckWorkerTask, WorkerCheck
+from .worker_python_panel import WorkerPythonPanel
 
 EXTENT_LABELS = ("Layer extent", "Map canvas extent", "Selected features of a polygon layer", "Drawn rectangle")
 UNIT_LABELS = ("map units", "cm / pixel")
@@ -60,7 +70,9 @@ class SegmentDialog(QDialog):
         self.iface = iface
         self.canvas = iface.mapCanvas() if iface is not None else None
         self.settings = PluginSettings.load()
-        self.request: JobRequest | None = None
+        self.run: SegmentRun | None = None
+        self.last_check: WorkerCheck | None = None
+        self._check_task: CheckWorkerTask | None = None
         self._drawn: tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None = None
         self._native_value: float | None = None
         self._previous_tool = None
@@ -74,10 +86,24 @@ class SegmentDialog(QDialog):
 
     def _build(self) -> None:
         layout = QVBoxLayout(self)
+        layout.addWidget(self._build_input())
+        layout.addWidget(self._build_worker())
+        layout.addWidget(self._build_output())
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #b00020")
+        layout.addWidget(self.error_label)
+        self.button_box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.button_box.button(QDialogButtonBox.StandardButton.Ok).setText("Segment")
+        self.button_box.accepted.connect(self.accept)
+        self.button_box.rejected.connect(self.reject)
+        layout.addWidget(self.button_box)
+
+    def _build_input(self) -> QGroupBox:
         source = QGroupBox("Input")
         form = QFormLayout(source)
         self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.layer_combo.layerChanged.connect(self._layer_changed)
         form.addRow("Raster layer", self.layer_combo)
         self.extent_combo = QComboBox()
@@ -85,7 +111,7 @@ class SegmentDialog(QDialog):
         self.extent_combo.currentIndexChanged.connect(self._extent_source_changed)
         form.addRow("Extent", self.extent_combo)
         self.polygon_combo = QgsMapLayerComboBox()
-        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.polygon_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         form.addRow("Polygon layer", self.polygon_combo)
         self.clip_check = QCheckBox("Only inside the selected polygons (pixels outside become nodata)")
         self.clip_check.setChecked(True)
@@ -97,7 +123,7 @@ class SegmentDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(self.draw_button)
         row.addWidget(self.extent_label, 1)
-        form.addRow("", _wrap(row))
+        form.addRow("", wrap(row))
         self.resolution_spin = QgsDoubleSpinBox()
         self.resolution_spin.setDecimals(9)
         self.resolution_spin.setRange(0.0, 1e9)
@@ -111,18 +137,19 @@ class SegmentDialog(QDialog):
         row.addWidget(self.resolution_spin, 1)
         row.addWidget(self.units_combo)
         row.addWidget(self.native_button)
-        form.addRow("Resolution", _wrap(row))
+        form.addRow("Resolution", wrap(row))
         self.band_combos = [QgsRasterBandComboBox() for _ in range(3)]
         row = QHBoxLayout()
         for label, combo in zip(("R", "G", "B"), self.band_combos):
             row.addWidget(QLabel(label))
             row.addWidget(combo, 1)
-        form.addRow("Bands", _wrap(row))
+        form.addRow("Bands", wrap(row))
         self.scaling_combo = QComboBox()
         self.scaling_combo.addItems(SCALING_LABELS)
         form.addRow("Scaling to 0–255", self.scaling_combo)
-        layout.addWidget(source)
+        return source
 
+    def _build_worker(self) -> QGroupBox:
         worker = QGroupBox("Worker")
         form = QFormLayout(worker)
         self.endpoint_radio = QRadioButton("Connect to a running worker")
@@ -134,10 +161,18 @@ class SegmentDialog(QDialog):
         self.endpoint_edit = QLineEdit()
         self.endpoint_edit.setPlaceholderText("tcp://127.0.0.1:5555")
         form.addRow(self.endpoint_radio, self.endpoint_edit)
+        self.server_key_edit = QLineEdit()
+        self.server_key_edit.setPlaceholderText("remote worker: its server.key file or 40 z85 characters")
+        self.client_key_widget = QgsFileWidget()
+        self.client_key_widget.setFilter("CURVE secret keys (*.key_secret);;All files (*)")
+        self.client_key_widget.setDialogTitle("This client's secret key (.key_secret)")
+        self.authcfg_edit = QgsAuthConfigSelect()  # or: a QGIS authentication configuration holding both keys
+        self.authcfg_edit.setToolTip("A QGIS authentication configuration holding the worker's public key and this "
+                                     "client's key pair (Set up under Settings ▸ Options ▸ Authentication)")
         form.addRow(self.local_radio)
-        self.python_widget = QgsFileWidget()
-        self.python_widget.setDialogTitle("Python interpreter with torch")
-        form.addRow("Worker Python", self.python_widget)
+        self.python_panel = WorkerPythonPanel()
+        self.python_widget = self.python_panel  # path, check and *Set up worker…* in one row
+        form.addRow("Worker Python", self.python_panel)
         self.model_widget = QgsFileWidget()
         self.model_widget.setFilter("FactSeg models (*.pt *.pth *.onnx);;All files (*)")
         form.addRow("Model", self.model_widget)
@@ -146,42 +181,44 @@ class SegmentDialog(QDialog):
         form.addRow("Device", self.device_combo)
         self.check_button = QPushButton("Check worker")
         self.check_button.clicked.connect(self.check_worker)
+        form.addRow("Server key", self.server_key_edit)
+        form.addRow("Client key", self.client_key_widget)
+        form.addRow("Authentication", self.authcfg_edit)
         self.classes_label = QLabel()
         self.classes_label.setWordWrap(True)
-        self.classes_label.setTextFormat(Qt.RichText)
-        form.addRow(self.check_button, self.classes_label)
-        self.patch_spin = _spin(32, 4096, "Sliding-window size in pixels (reference: 896)")
-        self.stride_spin = _spin(1, 4096, "Step between windows in pixels (reference: 512)")
-        self.batch_spin = _spin(0, 256, "Windows per forward pass of a local worker (0: its default)")
+        self.classes_label.setTextFormat(Qt.TextFormat.RichText)
+        form.addRow(self.check_button)
+        form.addRow(self.classes_label)  # a row of its own, full width: the class legend wraps, never clips
+        self.patch_spin = spin(0, 4096, "Sliding-window size in pixels (model: the model's own; FactSeg: 896)")
+        self.stride_spin = spin(0, 4096, "Step between windows in pixels (model: the model's own; FactSeg: 512)")
+        self.chunk_spin = spin(0, 65536, "Pixels per chunk side sent to the worker (worker: its default)")
+        self.batch_spin = spin(0, 256, "Windows per forward pass of a local worker (0: its default)")
         row = QHBoxLayout()
-        for label, spin in (("Patch", self.patch_spin), ("Stride", self.stride_spin), ("Batch", self.batch_spin)):
+        for label, box, special in (("Patch", self.patch_spin, "model"), ("Stride", self.stride_spin, "model"),
+                                    ("Chunk", self.chunk_spin, "worker"), ("Batch", self.batch_spin, "default")):
+            box.setSpecialValueText(special)
             row.addWidget(QLabel(label))
-            row.addWidget(spin)
-        form.addRow("Windows", _wrap(row))
-        layout.addWidget(worker)
+            row.addWidget(box)
+        form.addRow("Windows", wrap(row))
+        self.tta_check = QCheckBox("Flip test-time augmentation (slower, steadier)")
+        form.addRow("", self.tta_check)
+        return worker
 
+    def _build_output(self) -> QGroupBox:
         output = QGroupBox("Output")
         form = QFormLayout(output)
         self.output_widget = QgsFileWidget()
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output_widget.lineEdit().setPlaceholderText("[Save to temporary file]")
         form.addRow("Class raster", self.output_widget)
         self.polygons_check = QCheckBox("Add polygons (one per object, with class name and area)")
+        self.confidence_check = QCheckBox("Write a confidence raster (probability of the chosen class)")
         self.statistics_check = QCheckBox("Report area and share of each class")
         form.addRow(self.polygons_check)
+        form.addRow(self.confidence_check)
         form.addRow(self.statistics_check)
-        layout.addWidget(output)
-
-        self.error_label = QLabel()
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #b00020")
-        layout.addWidget(self.error_label)
-        self.button_box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        self.button_box.button(QDialogButtonBox.Ok).setText("Segment")
-        self.button_box.accepted.connect(self.accept)
-        self.button_box.rejected.connect(self.reject)
-        layout.addWidget(self.button_box)
+        return output
 
     def _load_settings(self) -> None:
         s = self.settings
@@ -194,6 +231,12 @@ class SegmentDialog(QDialog):
         self.patch_spin.setValue(s.patch)
         self.stride_spin.setValue(s.stride)
         self.batch_spin.setValue(s.batch_size)
+        self.chunk_spin.setValue(s.chunk_size)
+        self.tta_check.setChecked(s.tta)
+        self.confidence_check.setChecked(s.confidence)
+        self.server_key_edit.setText(s.server_key)
+        self.client_key_widget.setFilePath(s.client_key)
+        self.authcfg_edit.setConfigId(s.authcfg)
         self.units_combo.setCurrentIndex(RESOLUTION_UNITS.index(s.resolution_units)
                                          if s.resolution_units in RESOLUTION_UNITS else 0)
         self.scaling_combo.setCurrentIndex(SCALING_MODES.index(s.scaling) if s.scaling in SCALING_MODES else 0)
@@ -214,6 +257,12 @@ class SegmentDialog(QDialog):
             patch=self.patch_spin.value(),
             stride=self.stride_spin.value(),
             batch_size=self.batch_spin.value(),
+            chunk_size=self.chunk_spin.value(),
+            tta=self.tta_check.isChecked(),
+            confidence=self.confidence_check.isChecked(),
+            server_key=self.server_key_edit.text().strip(),
+            client_key=self.client_key_widget.filePath().strip(),
+            authcfg=(self.authcfg_edit.configId() or "").strip(),
             resolution_units=RESOLUTION_UNITS[self.units_combo.currentIndex()],
             scaling=SCALING_MODES[self.scaling_combo.currentIndex()],
             extent_source=EXTENT_SOURCES[self.extent_combo.currentIndex()],
@@ -247,8 +296,9 @@ class SegmentDialog(QDialog):
 
     def _worker_mode_changed(self, *_args) -> None:
         local = self.local_radio.isChecked()
-        self.endpoint_edit.setEnabled(not local)
-        self.check_button.setEnabled(not local)
+        for widget in (self.endpoint_edit, self.check_button, self.server_key_edit, self.client_key_widget,
+                       self.authcfg_edit):
+            widget.setEnabled(not local)
         for widget in (self.python_widget, self.model_widget, self.device_combo):
             widget.setEnabled(local)
 
@@ -306,22 +356,52 @@ class SegmentDialog(QDialog):
         self.show()
         self.raise_()
 
-    def check_worker(self) -> dict | None:
-        """Ask the endpoint for its model and classes; show them (the worker decides names and colours)."""
+    def check_worker(self) -> CheckWorkerTask | None:
+        """Ask the endpoint for its model and classes in a task (off the GUI thread); :meth:`show_check` shows
+        them when it answers (the worker decides names and colours) or says in words why it does not."""
         endpoint = self.endpoint_edit.text().strip()
+        s = self.current_settings()
         try:
-            with WorkerClient(endpoint, timeout_s=CHECK_TIMEOUT_S, retries=0) as client:
-                info = client.info()
-        except (WorkerError, ValueError) as exc:
-            self.classes_label.setText(html.escape(f"No FactSeg worker answers at {endpoint!r}: {exc}"))
+            keys = resolve_keys(s.server_key, s.client_key, s.authcfg)
+        except FactSegError as exc:
+            self.classes_label.setText(html.escape(str(exc)))
             return None
+        task = CheckWorkerTask(endpoint, keys, CHECK_TIMEOUT_S)
+        task.checked.connect(self.show_check)
+        self._check_task = task  # a Python reference keeps the task alive while it runs
+        self.check_button.setEnabled(False)
+        self.classes_label.setText(html.escape(f"Checking {endpoint} …"))
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def show_check(self, check: WorkerCheck) -> None:
+        """Main thread: show what *Check worker* found."""
+        self.check_button.setEnabled(not self.local_radio.isChecked())
+        self.last_check = check
+        if not check.ok:
+            self.classes_label.setText(html.escape(f"No FactSeg worker answers at {check.endpoint!r}: {check.message}"))
+            return
+        info = check.info
         swatches = " ".join(
-            f'<span style="background-color: rgb({c["color"][0]},{c["color"][1]},{c["color"][2]})">&nbsp;&nbsp;'
-            f'&nbsp;</span>&nbsp;{html.escape(display_name(c["name"]))}' for c in info.get("classes", []))
+            f'<span style="background-color: {display_color(c["id"]).name()}">&nbsp;&nbsp;&nbsp;</span>&nbsp;'
+            f'{html.escape(display_name(c["name"])).replace(" ", "&nbsp;")}' for c in object_classes(check.classes))
+        link = (f"CURVE-authenticated, trusting server key {html.escape(check.server_key or '')}"
+                if check.authenticated else "unauthenticated loopback/ipc link")
         self.classes_label.setText(
             f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
-            f"{html.escape(str(info.get('device', '?')))}: {swatches}")
-        return info
+            f"{html.escape(str(check.device or '?'))}, {link}. On the map (background transparent): {swatches}")
+        self._fit_legend()
+
+    def _fit_legend(self) -> None:
+        """Give the wrapped class legend the height its text needs at the label's width (never clipped)."""
+        label = self.classes_label
+        width = label.width() if label.width() > 50 else label.sizeHint().width()
+        label.setMinimumHeight(label.heightForWidth(width))
+        self.layout().activate()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        self._fit_legend()
 
     # -- the request ----------------------------------------------------------------------------------------
 
@@ -345,61 +425,62 @@ class SegmentDialog(QDialog):
             raise FactSegError("Draw a rectangle on the map first (Draw on map…).")
         return self._drawn
 
-    def build_request(self) -> JobRequest:
-        """Check the choices and capture the job (raises FactSegError in plain words)."""
+    def build_parameters(self) -> dict:
+        """The dialog's choices as ``factseg:segment`` parameters (raises FactSegError in plain words)."""
         layer = self.layer_combo.currentLayer()
         if not isinstance(layer, QgsRasterLayer):
             raise FactSegError("Choose a raster layer to segment.")
         s = self.current_settings()
+        params: dict = {"INPUT": layer, "PATCH": s.patch, "STRIDE": s.stride, "CHUNK_SIZE": s.chunk_size,
+                        "TTA": s.tta, "SCALING": SCALING_MODES.index(s.scaling),
+                        "RESOLUTION_UNITS": RESOLUTION_UNITS.index(s.resolution_units)}
         if s.start_local:
-            target = WorkerTarget(local=LocalWorkerSpec(s.worker_python, s.model_path, s.device, s.batch_size))
+            params.update(MODEL=s.model_path, WORKER_PYTHON=s.worker_python, DEVICE=DEVICES.index(s.device),
+                          BATCH_SIZE=s.batch_size)
+            if not s.model_path:
+                raise FactSegError("No model file is set: choose a FactSeg checkpoint (.pt/.pth) or ONNX model.")
         else:
             if not s.endpoint:
                 raise FactSegError("Give the worker endpoint (e.g. tcp://127.0.0.1:5555) or start a local worker.")
-            target = WorkerTarget(endpoint=s.endpoint)
+            params.update(WORKER=s.endpoint, SERVER_KEY=s.server_key, CLIENT_KEY=s.client_key, AUTHCFG=s.authcfg)
         extent = self.current_extent()
+        if extent is not None:
+            params["EXTENT"] = extent_text(*extent)
         value = self.resolution_spin.value()
         resolution = 0.0 if self._native_value is not None and value == self._native_value else value
         if resolution <= 0 and native_resolution(layer) is None:
             raise FactSegError(f"Layer {layer.name()!r} has no native pixel size: set the resolution.")
+        params["RESOLUTION"] = resolution
         output = self.output_widget.filePath().strip() or QgsProcessingUtils.generateTempFilename("factseg.tif")
-        vector = None
+        params["OUTPUT"] = output
+        stem = output.rsplit(".", 1)[0]
         if s.add_polygons:
-            vector = output.rsplit(".", 1)[0] + "_objects.gpkg"
-        argb = layer.dataProvider().dataType(1) in ARGB_TYPES
-        bands = None if argb else tuple(max(1, combo.currentBand()) for combo in self.band_combos)
-        aoi = aoi_crs = None
+            params["OUTPUT_VECTOR"] = stem + "_objects.gpkg"
+        if s.confidence:
+            params["OUTPUT_CONFIDENCE"] = stem + "_confidence.tif"
+        if layer.dataProvider().dataType(1) not in ARGB_TYPES:
+            params["BANDS"] = ",".join(str(max(1, combo.currentBand())) for combo in self.band_combos)
         if s.extent_source == "selection" and self.clip_check.isChecked():
-            polygons = self.polygon_combo.currentLayer()
-            aoi, aoi_crs = [f.geometry() for f in polygons.selectedFeatures()], polygons.crs()
-        return prepare_job(
-            layer, output, target,
-            extent=extent[0] if extent else None, extent_crs=extent[1] if extent else None,
-            resolution=resolution, resolution_units=s.resolution_units, bands=bands, scaling=s.scaling,
-            patch=s.patch, stride=s.stride, vector_path=vector, statistics=s.show_statistics,
-            context=QgsProject.instance().transformContext(), aoi=aoi, aoi_crs=aoi_crs)
+            params["MASK"] = QgsProcessingFeatureSourceDefinition(self.polygon_combo.currentLayer().id(), True)
+        return params
+
+    @property
+    def request(self):
+        """The prepared job of the run the dialog holds (None before Segment was pressed successfully)."""
+        return self.run.request if self.run is not None else None
 
     def accept(self) -> None:
+        """Prepare the run (errors stay in the dialog); the plugin starts it once the dialog closes."""
         try:
-            self.request = self.build_request()
+            run = SegmentRun(self.build_parameters(), self.iface.messageBar() if self.iface else None,
+                             layer_name=self.layer_combo.currentLayer().name())
+            if run.prepare_error is not None:
+                raise FactSegError(run.prepare_error)
         except FactSegError as exc:
             self.error_label.setText(str(exc))
             return
+        self.run = run
         self.error_label.clear()
         self.settings = self.current_settings()
         self.settings.save()
         super().accept()
-
-
-def _spin(low: int, high: int, tip: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setToolTip(tip)
-    return spin
-
-
-def _wrap(layout) -> QWidget:
-    widget = QWidget()
-    layout.setContentsMargins(0, 0, 0, 0)
-    widget.setLayout(layout)
-    return widget

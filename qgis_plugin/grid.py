@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from osgeo import gdal
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -62,10 +63,48 @@ class OutputGrid:
 
 def native_resolution(layer: QgsRasterLayer) -> tuple[float, float] | None:
     """The layer's pixel size in its map units, or None for providers without one (WMS, XYZ tiles)."""
+    origin = native_origin(layer)
+    return None if origin is None else (origin[2], origin[3])
+
+
+def native_origin(layer: QgsRasterLayer) -> tuple[float, float, float, float] | None:
+    """(x_min, y_max, pixel width, pixel height) of the layer's own grid, or None without one.
+
+    Taken from the source's GDAL geotransform where there is one: the numbers the file stores, exactly.
+    ``extent / size`` (what ``rasterUnitsPerPixelX`` returns) rounds: 1e-05 degrees comes out as
+    9.999999999999533e-06, and the output grid would no longer be the input's.
+    """
     provider = layer.dataProvider()
-    if provider is None or not (provider.capabilities() & QgsRasterDataProvider.Size):
+    if provider is None or not (provider.capabilities() & QgsRasterDataProvider.Capability.Size):
         return None
-    return float(layer.rasterUnitsPerPixelX()), float(layer.rasterUnitsPerPixelY())
+    geotransform = _gdal_geotransform(layer)
+    if geotransform is not None:
+        return geotransform[0], geotransform[3], geotransform[1], -geotransform[5]
+    extent = layer.extent()
+    return (extent.xMinimum(), extent.yMaximum(), float(layer.rasterUnitsPerPixelX()),
+            float(layer.rasterUnitsPerPixelY()))
+
+
+def _gdal_geotransform(layer: QgsRasterLayer) -> tuple[float, ...] | None:
+    """The north-up geotransform of a GDAL layer's source, if it matches the provider's size and extent."""
+    if layer.providerType() != "gdal":
+        return None
+    provider = layer.dataProvider()
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        ds = gdal.Open(provider.dataSourceUri().split("|")[0])
+    finally:
+        gdal.PopErrorHandler()
+    if ds is None or (ds.RasterXSize, ds.RasterYSize) != (provider.xSize(), provider.ySize()):
+        return None
+    gt = tuple(float(v) for v in ds.GetGeoTransform(can_return_null=True) or ())
+    if len(gt) != 6 or gt[2] != 0.0 or gt[4] != 0.0 or gt[1] <= 0 or gt[5] >= 0:
+        return None
+    extent = provider.extent()
+    if not (math.isclose(gt[0], extent.xMinimum(), abs_tol=abs(gt[1]) * 1e-3)
+            and math.isclose(gt[3], extent.yMaximum(), abs_tol=abs(gt[5]) * 1e-3)):
+        return None
+    return gt
 
 
 def ground_metres_per_unit(
@@ -79,7 +118,7 @@ def ground_metres_per_unit(
     dx = area.measureLine(QgsPointXY(centre.x() - half, centre.y()), QgsPointXY(centre.x() + half, centre.y()))
     dy = area.measureLine(QgsPointXY(centre.x(), centre.y() - half), QgsPointXY(centre.x(), centre.y() + half))
     if not area.willUseEllipsoid():  # measured in map units: convert the unit, no projection scale known
-        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
+        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceUnit.DistanceMeters)
         dx, dy = dx * factor, dy * factor
     if not (dx > 0 and dy > 0 and math.isfinite(dx) and math.isfinite(dy)):
         raise FactSegError(f"Cannot measure ground distances in {crs.authid() or 'the layer CRS'} at this extent.")
@@ -146,7 +185,8 @@ def plan_grid(
             f"The extent lies outside the raster layer {layer.name()!r}: nothing to segment there. "
             f"Layer extent: {layer_extent.toString(3)} ({crs.authid()})."
         )
-    native = native_resolution(layer)
+    origin = native_origin(layer)
+    native = None if origin is None else (origin[2], origin[3])
     if resolution <= 0:
         if native is None:
             raise FactSegError(
@@ -166,7 +206,7 @@ def plan_grid(
     snapped = native is not None and math.isclose(res_x, native[0], rel_tol=1e-9) and math.isclose(
         res_y, native[1], rel_tol=1e-9)
     if snapped:
-        ox, oy = layer_extent.xMinimum(), layer_extent.yMaximum()
+        ox, oy = origin[0], origin[1]  # type: ignore[index]
         c0 = math.floor((clipped.xMinimum() - ox) / res_x + _EPS)
         c1 = math.ceil((clipped.xMaximum() - ox) / res_x - _EPS)
         r0 = math.floor((oy - clipped.yMaximum()) / res_y + _EPS)

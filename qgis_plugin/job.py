@@ -9,11 +9,13 @@ it and computes per-class statistics. Errors come out as :class:`FactSegError` i
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from osgeo import gdal
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransformContext,
@@ -22,16 +24,24 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from worker.client import WorkerClient
-from worker.client.protocol import RemoteError, SegmentationCancelled, WorkerError, WorkerUnavailable
-from worker.io.raster_output import ClassRasterWriter
-from worker.io.vectorize import class_statistics, polygonize_classes
-
 from .aoi import PolygonMask, union_of
 from .errors import FactSegError, JobCancelled
 from .grid import OutputGrid, plan_grid
 from .local_workers import LocalWorkerSpec, local_endpoint, release
+from .output_paths import check_outputs
 from .raster_reading import RasterReader, parse_bands
+from .worker_import import (
+    ClassRasterWriter,
+    OutputSet,
+    RemoteError,
+    SegmentationCancelled,
+    WorkerClient,
+    WorkerError,
+    WorkerUnavailable,
+    class_statistics,
+    polygonize_classes,
+)
+from .worker_import import confidence_path as worker_confidence_path
 
 SEGMENT_SHARE = 0.9  # of the progress bar, when polygons or statistics follow
 PROBE_TIMEOUT_S = 10.0  # a running worker answers 'info' at once, even while busy
@@ -49,6 +59,13 @@ class WorkerTarget:
     endpoint: str = ""
     local: LocalWorkerSpec | None = None
     probe_timeout_s: float = field(default_factory=lambda: PROBE_TIMEOUT_S)
+    server_key: bytes | None = None  # z85 public key of a CURVE worker (remote workers)
+    client_keys: tuple[bytes, bytes] | None = None  # z85 (public, secret) of this client
+
+    def client(self, endpoint: str, timeout_s: float, retries: int = 3) -> WorkerClient:
+        """A client for ``endpoint`` with this target's CURVE keys (none: plain loopback/ipc)."""
+        return WorkerClient(endpoint, timeout_s=timeout_s, retries=retries, server_public_key=self.server_key,
+                            client_keys=self.client_keys)
 
     def describe(self) -> str:
         if self.endpoint:
@@ -69,6 +86,8 @@ class JobRequest:
     stride: int | None = None
     layer_name: str = ""
     chunk_size: int | None = None  # pixels per chunk side; None: the worker's default
+    tta: bool = False  # flip test-time augmentation (the worker averages the flipped predictions)
+    confidence_path: Path | None = None  # optional float32 raster: probability of the chosen class
 
     @property
     def grid(self) -> OutputGrid:
@@ -84,6 +103,7 @@ class JobResult:
     grid: OutputGrid
     info: dict = field(default_factory=dict)
     vector_path: Path | None = None
+    confidence_path: Path | None = None
     feature_count: int = 0
     statistics: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -108,6 +128,8 @@ def prepare_job(
     chunk_size: int | None = None,
     aoi: list[QgsGeometry] | None = None,
     aoi_crs: QgsCoordinateReferenceSystem | None = None,
+    tta: bool = False,
+    confidence_path: str | Path | None = None,
 ) -> JobRequest:
     """Validate a request and capture the layer's data for a job (call on the layer's thread).
 
@@ -122,14 +144,20 @@ def prepare_job(
         raise FactSegError(f"The class raster is written as a GeoTIFF: give a .tif file name, not {output_path}.")
     if vector_path and Path(vector_path).suffix.lower() != ".gpkg":
         raise FactSegError(f"The polygons are written as a GeoPackage: give a .gpkg file name, not {vector_path}.")
-    source = Path(layer.source().split("|")[0])
-    if source.is_file() and source.resolve() == Path(output_path).resolve():
-        raise FactSegError("The output file is the input layer's own file: choose another output name.")
+    if confidence_path and Path(confidence_path).suffix.lower() not in (".tif", ".tiff"):
+        raise FactSegError(f"The confidence raster is written as a GeoTIFF: give a .tif file name, not "
+                           f"{confidence_path}.")
+    check_outputs([output_path, vector_path, confidence_path], input_files(layer))
+    beside = worker_confidence_path(Path(output_path))
+    if confidence_path and Path(confidence_path).resolve() != beside.resolve() and beside.exists():
+        raise FactSegError(f"The confidence raster is first written as {beside}, which exists: move that file, or "
+                           "name the confidence output after the class raster.")
     if not target.endpoint and target.local is None:
         raise FactSegError("Give a worker endpoint (e.g. tcp://127.0.0.1:5555) or a model to start a local worker.")
-    if patch is not None and patch <= 0:
+    patch, stride = patch or None, stride or None  # 0 or None: the worker's model defaults
+    if patch is not None and patch < 0:
         raise FactSegError(f"The patch size must be positive, got {patch}.")
-    if stride is not None and (stride <= 0 or (patch is not None and stride > patch)):
+    if stride is not None and (stride < 0 or (patch is not None and stride > patch)):
         raise FactSegError(f"The stride must be between 1 and the patch size, got {stride}.")
     context = context or QgsCoordinateTransformContext()
     area = None
@@ -143,7 +171,22 @@ def prepare_job(
     return JobRequest(
         reader=reader, target=target, output_path=Path(output_path),
         vector_path=Path(vector_path) if vector_path else None, statistics=statistics,
-        patch=patch, stride=stride, layer_name=layer.name(), chunk_size=chunk_size)
+        patch=patch, stride=stride, layer_name=layer.name(), chunk_size=chunk_size or None, tta=bool(tta),
+        confidence_path=Path(confidence_path) if confidence_path else None)
+
+
+def input_files(layer: QgsRasterLayer) -> list[str]:
+    """Every file the layer reads: its source and, for a GDAL dataset such as a VRT, the files behind it."""
+    source = layer.source().split("|")[0]
+    files = [source]
+    if layer.providerType() == "gdal":
+        gdal.PushErrorHandler("CPLQuietErrorHandler")
+        try:
+            dataset = gdal.Open(source)
+            files += list(dataset.GetFileList() or []) if dataset is not None else []
+        finally:
+            gdal.PopErrorHandler()
+    return files
 
 
 def run_job(
@@ -175,50 +218,79 @@ def _run(request: JobRequest, progress: Progress, is_cancelled: IsCancelled, log
         endpoint = local_endpoint(request.target.local)  # type: ignore[arg-type]
     log(f"Segmenting {request.layer_name or 'the layer'}: {grid.width} × {grid.height} px at "
         f"{grid.res_x:.6g} × {grid.res_y:.6g} {grid.crs.authid() or 'map units'} per pixel, with {endpoint}")
-    try:
-        with WorkerClient(endpoint, timeout_s=request.target.probe_timeout_s, retries=0) as probe:
-            probe.info()  # fails fast (not after the long chunk timeout) when nothing listens there
-        with WorkerClient(endpoint, timeout_s=CHUNK_TIMEOUT_S) as client:
-            info = client.info()
-            classes = _check_classes(info, endpoint)
-            log(f"Model {info.get('model', '?')} ({info.get('backbone', '?')}, {len(classes)} classes) "
-                f"on {info.get('device', '?')}.")
-            request.reader.prepare()
-            share = SEGMENT_SHARE if (request.vector_path or request.statistics) else 1.0
-            crs_wkt = grid.crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) if grid.crs.isValid() else ""
-            with ClassRasterWriter(
-                request.output_path, grid.width, grid.height, grid.geotransform, crs_wkt, classes
-            ) as writer:
-                client.segment_raster(
-                    grid.height, grid.width, request.reader,
-                    lambda y0, x0, ids, confidence: writer.write(y0, x0, ids),
-                    patch=request.patch, stride=request.stride, chunk_size=request.chunk_size,
-                    progress=lambda fraction: progress(share * float(fraction)),
-                    is_cancelled=is_cancelled)
-                if is_cancelled():
-                    raise SegmentationCancelled("cancelled")
-    except SegmentationCancelled as exc:
-        raise JobCancelled("Segmentation cancelled; the worker stopped and no output was written.") from exc
-    except WorkerUnavailable as exc:
-        raise FactSegError(
-            f"The FactSeg worker at {endpoint} does not answer ({exc}). Start one with "
-            f"'python -m worker --bind {endpoint} --model MODEL', or choose to start a local worker.") from exc
-    except RemoteError as exc:
-        raise FactSegError(f"The worker at {endpoint} refused the job: {exc.message} ({exc.code}).") from exc
-    except WorkerError as exc:
-        raise FactSegError(f"Talking to the worker at {endpoint} failed: {exc}") from exc
-    result = JobResult(request.output_path, classes, grid, info)
-    if request.statistics:
-        result.statistics = class_statistics(request.output_path, classes)
-    if request.vector_path:
+    with OutputSet() as outputs:  # every output of the run appears under its final name together, or none
+        try:
+            with request.target.client(endpoint, request.target.probe_timeout_s, retries=0) as probe:
+                probe.info()  # fails fast (not after the long chunk timeout) when nothing listens there
+            with request.target.client(endpoint, CHUNK_TIMEOUT_S) as client:
+                info = client.info()
+                classes = _check_classes(info, endpoint)
+                log(f"Model {info.get('model', '?')} ({info.get('backbone', '?')}, {len(classes)} classes) "
+                    f"on {info.get('device', '?')}.")
+                writer = _segment(request, client, classes, outputs, progress, is_cancelled)
+        except SegmentationCancelled as exc:
+            raise JobCancelled("Segmentation cancelled; the worker stopped and no output was written.") from exc
+        except WorkerUnavailable as exc:
+            raise FactSegError(_unavailable(request.target, endpoint, exc)) from exc
+        except RemoteError as exc:
+            raise FactSegError(f"The worker at {endpoint} refused the job: {exc.message} ({exc.code}).") from exc
+        except WorkerError as exc:
+            raise FactSegError(f"Talking to the worker at {endpoint} failed: {exc}") from exc
+        result = JobResult(request.output_path, classes, grid, info, confidence_path=request.confidence_path)
+        written, confidence = writer.written_path, writer.written_confidence_path
+        if request.statistics:
+            result.statistics = class_statistics(written, classes, confidence_path=confidence)
+        if request.vector_path:
+            log("Making polygons …")
+            result.feature_count = polygonize_classes(written, request.vector_path, classes,
+                                                      confidence_path=confidence, outputs=outputs)
+            result.vector_path = request.vector_path
         if is_cancelled():
-            raise JobCancelled("Cancelled before the polygons were made; the class raster is complete.")
-        log("Making polygons …")
-        result.feature_count = polygonize_classes(request.output_path, request.vector_path, classes)
-        result.vector_path = request.vector_path
+            raise JobCancelled("Segmentation cancelled before its outputs were saved; no output was written.")
+        outputs.commit()
+    if request.confidence_path is not None:
+        _move(worker_confidence_path(request.output_path), request.confidence_path)
     progress(1.0)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _segment(request: JobRequest, client: WorkerClient, classes: list[dict], outputs: OutputSet,
+             progress: Progress, is_cancelled: IsCancelled) -> ClassRasterWriter:
+    """Stream the grid through the worker into the class (and confidence) raster, under partial names."""
+    grid = request.grid
+    request.reader.prepare()
+    share = SEGMENT_SHARE if (request.vector_path or request.statistics) else 1.0
+    wkt = QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL
+    crs_wkt = grid.crs.toWkt(wkt) if grid.crs.isValid() else ""
+    confidence = request.confidence_path is not None
+    with ClassRasterWriter(request.output_path, grid.width, grid.height, grid.geotransform, crs_wkt, classes,
+                           confidence=confidence, outputs=outputs) as writer:
+        client.segment_raster(
+            grid.height, grid.width, request.reader, writer.write,
+            patch=request.patch, stride=request.stride, chunk_size=request.chunk_size,
+            confidence=confidence, tta=request.tta,
+            progress=lambda fraction: progress(share * float(fraction)),
+            is_cancelled=is_cancelled)
+        if is_cancelled():
+            raise SegmentationCancelled("cancelled")
+    return writer
+
+
+def _unavailable(target: WorkerTarget, endpoint: str, exc: Exception) -> str:
+    """One sentence for a worker that does not answer: with CURVE keys, most often a key that does not match."""
+    if target.server_key is not None:
+        return (f"The FactSeg worker at {endpoint} does not answer over CURVE ({exc}): check that SERVER_KEY is "
+                "that worker's public key and that the worker allows this client's key (CLIENT_KEY).")
+    return (f"The FactSeg worker at {endpoint} does not answer ({exc}). Start one with "
+            f"'python -m worker --bind {endpoint} --model MODEL', or choose to start a local worker.")
+
+
+def _move(written: Path, wanted: Path) -> None:
+    """Give the confidence raster the name the user chose (the writer puts it beside the class raster)."""
+    if written.resolve() != wanted.resolve():
+        wanted.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(written, wanted)
 
 
 def _check_classes(info: dict, endpoint: str) -> list[dict]:
@@ -230,6 +302,13 @@ def _check_classes(info: dict, endpoint: str) -> list[dict]:
                 for c in classes]
     except (KeyError, TypeError, ValueError) as exc:
         raise FactSegError(f"The worker at {endpoint} sent a malformed class table: {exc}") from exc
+
+
+def summary(result: JobResult) -> str:
+    """The message-bar text of a finished job: size, time, objects and the classes present."""
+    stats = format_statistics(result.statistics) if result.statistics else ""
+    polygons = f", {result.feature_count} objects" if result.vector_path else ""
+    return f"{result.grid.width} × {result.grid.height} px in {result.seconds:.1f} s{polygons}. {stats}".strip()
 
 
 def format_statistics(statistics: list[dict], min_share: float = 0.0) -> str:

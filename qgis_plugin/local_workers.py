@@ -13,11 +13,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.client import LocalWorker, start_local_worker
-from worker.client.protocol import WorkerError
-
 from .errors import FactSegError
 from .settings import plugin_root
+from .worker_import import LocalWorker, WorkerError, start_local_worker
 
 READY_TIMEOUT_S = 180.0
 

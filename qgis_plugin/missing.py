@@ -23,9 +23,9 @@ class MissingDependencyPlugin:
         self.message = advice(error)
 
     def initGui(self) -> None:  # noqa: N802 (QGIS API)
-        QgsMessageLog.logMessage(self.message, "FactSeg", Qgis.Critical)
+        QgsMessageLog.logMessage(self.message, "FactSeg", Qgis.MessageLevel.Critical)
         if self.iface is not None:
-            self.iface.messageBar().pushMessage("FactSeg", self.message, level=Qgis.Critical, duration=0)
+            self.iface.messageBar().pushMessage("FactSeg", self.message, level=Qgis.MessageLevel.Critical, duration=0)
 
     def unload(self) -> None:
         pass

@@ -1,15 +1,19 @@
 """The plugin object QGIS loads: the Segment Layer action (toolbar + Raster menu) and the Processing provider."""
 from __future__ import annotations
 
-from qgis.core import Qgis, QgsApplication
+from qgis.core import QgsApplication
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+
+try:
+    from qgis.PyQt.QtGui import QAction  # Qt6 (QGIS 4)
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction  # Qt5 (QGIS 3)
 
 from .dialog import SegmentDialog
 from .local_workers import set_keep_alive, stop_all
 from .plugin_info import ICON_PATH, PLUGIN_NAME
 from .processing_provider import FactSegProvider
-from .task import SegmentTask, log
+from .task import SegmentRun
 
 MENU = "&FactSeg"
 
@@ -22,7 +26,7 @@ class FactSegPlugin:
         self.action: QAction | None = None
         self.provider: FactSegProvider | None = None
         self.dialog: SegmentDialog | None = None
-        self.tasks: list[SegmentTask] = []  # Python references keep running tasks alive
+        self.runs: list[SegmentRun] = []  # Python references keep running tasks, contexts and feedback alive
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
         """Register the provider (also called by qgis_process, where there is no GUI)."""
@@ -41,8 +45,8 @@ class FactSegPlugin:
         self.iface.addPluginToRasterMenu(MENU, self.action)
 
     def unload(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
+        for run in list(self.runs):
+            run.cancel()
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
             self.iface.removeToolBarIcon(self.action)
@@ -69,21 +73,24 @@ class FactSegPlugin:
         return self.dialog
 
     def _dialog_accepted(self) -> None:
-        if self.dialog is not None and self.dialog.request is not None:
-            request, self.dialog.request = self.dialog.request, None
-            self.start_task(request)
+        if self.dialog is not None and self.dialog.run is not None:
+            run, self.dialog.run = self.dialog.run, None
+            self.start(run)
 
-    def start_task(self, request) -> SegmentTask:
-        """Run a job in QGIS's task manager."""
-        task = SegmentTask(request, self.iface.messageBar(), on_finished=self._task_finished)
-        self.tasks.append(task)
-        QgsApplication.taskManager().addTask(task)
-        log(f"Started: {task.description()}", Qgis.Info)
-        return task
+    def start_run(self, parameters: dict, layer_name: str = "") -> SegmentRun:
+        """Run ``factseg:segment`` with ``parameters`` as a Processing task; outputs loaded and styled."""
+        return self.start(SegmentRun(parameters, self.iface.messageBar(), layer_name=layer_name))
 
-    def _task_finished(self, task: SegmentTask) -> None:
-        if task in self.tasks:
-            self.tasks.remove(task)
+    def start(self, run: SegmentRun) -> SegmentRun:
+        previous = run.on_finished
+        run.on_finished = lambda done: (self._run_finished(done), previous and previous(done))
+        self.runs.append(run)
+        run.start()
+        return run
+
+    def _run_finished(self, run: SegmentRun) -> None:
+        if run in self.runs:
+            self.runs.remove(run)
 
 
 __all__ = ["FactSegPlugin", "PLUGIN_NAME"]

@@ -40,15 +40,15 @@ from .settings import SCALING_MODES
 SAMPLE_SIZE = 250_000
 CUT_LOW, CUT_HIGH = 0.02, 0.98
 NUMPY_TYPES = {
-    Qgis.Byte: np.uint8,
-    Qgis.UInt16: np.uint16,
-    Qgis.Int16: np.int16,
-    Qgis.UInt32: np.uint32,
-    Qgis.Int32: np.int32,
-    Qgis.Float32: np.float32,
-    Qgis.Float64: np.float64,
+    Qgis.DataType.Byte: np.uint8,
+    Qgis.DataType.UInt16: np.uint16,
+    Qgis.DataType.Int16: np.int16,
+    Qgis.DataType.UInt32: np.uint32,
+    Qgis.DataType.Int32: np.int32,
+    Qgis.DataType.Float32: np.float32,
+    Qgis.DataType.Float64: np.float64,
 }
-ARGB_TYPES = (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
+ARGB_TYPES = (Qgis.DataType.ARGB32, Qgis.DataType.ARGB32_Premultiplied)
 
 
 def default_bands(layer: QgsRasterLayer) -> tuple[int, int, int]:
@@ -93,7 +93,7 @@ def block_to_array(
         packed = np.frombuffer(raw, dtype=np.uint32, count=height * width).reshape(height, width)
         rgba = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255, packed >> 24], axis=-1)
         rgba = rgba.astype(np.uint8)
-        if data_type == Qgis.ARGB32_Premultiplied:
+        if data_type == Qgis.DataType.ARGB32_Premultiplied:
             alpha = rgba[..., 3:4].astype(np.float32)
             colour = rgba[..., :3].astype(np.float32) * 255.0 / np.maximum(alpha, 1.0)
             rgba[..., :3] = np.clip(np.rint(colour), 0, 255).astype(np.uint8)
@@ -157,7 +157,7 @@ class RasterReader:
             self._projector.setCrs(provider.crs(), grid.crs, self.context)
             self._projector.setInput(provider)
             self._source = self._projector
-        can_resample = provider.providerCapabilities() & QgsRasterDataProvider.ProviderHintCanPerformProviderResampling
+        can_resample = provider.providerCapabilities() & QgsRasterDataProvider.ProviderCapability.ProviderHintCanPerformProviderResampling
         if native is not None and can_resample:
             resampled = not (np.isclose(native[0], grid.res_x) and np.isclose(native[1], grid.res_y))
             if resampled:  # smoother than nearest neighbour when the ground resolution changes (on the clone only)
@@ -199,11 +199,11 @@ class RasterReader:
 
     def _band_scale(self, band: int, extent) -> tuple[float, float] | None:
         data_type = self.provider.dataType(band)
-        if self.scaling == "none" or (self.scaling == "auto" and data_type == Qgis.Byte):
+        if self.scaling == "none" or (self.scaling == "auto" and data_type == Qgis.DataType.Byte):
             return None
         if self.scaling == "minmax":
             stats = self.provider.bandStatistics(
-                band, QgsRasterBandStats.Min | QgsRasterBandStats.Max, extent, SAMPLE_SIZE)
+                band, QgsRasterBandStats.Stats.Min | QgsRasterBandStats.Stats.Max, extent, SAMPLE_SIZE)
             low, high = stats.minimumValue, stats.maximumValue
         else:
             low, high = self.provider.cumulativeCut(band, CUT_LOW, CUT_HIGH, extent, SAMPLE_SIZE)

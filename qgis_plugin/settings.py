@@ -10,8 +10,6 @@ from qgis.core import QgsSettings
 
 SETTINGS_GROUP = "factseg"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_PATCH = 896
-DEFAULT_STRIDE = 512
 SCALING_MODES = ("auto", "minmax", "none")
 SCALING_LABELS = (
     "Automatic (8-bit as is; others: 2–98 % cumulative cut)",
@@ -50,9 +48,15 @@ class PluginSettings:
     worker_python: str = ""
     model_path: str = ""
     device: str = "auto"
-    patch: int = DEFAULT_PATCH
-    stride: int = DEFAULT_STRIDE
+    patch: int = 0  # 0: the model's own (the worker reports it in `info`); sent only when the user sets one
+    stride: int = 0
     batch_size: int = 0  # 0: the worker's default
+    chunk_size: int = 0  # 0: the worker's default
+    tta: bool = False
+    confidence: bool = False
+    server_key: str = ""  # a remote worker's public key: file or z85 text (public, not a secret)
+    client_key: str = ""  # path of this client's .key_secret file (the path only; the key stays in the file)
+    authcfg: str = ""  # id of a QGIS authentication configuration holding the CURVE keys
     resolution_units: str = "map_units"
     scaling: str = "auto"
     extent_source: str = "layer"

@@ -1,101 +1,164 @@
-"""The Segment Layer job as a QgsTask: runs in QGIS's task manager, never freezes the map.
+"""A Segment Layer job from the dialog: ``factseg:segment`` run as a Processing task (QgsProcessingAlgRunnerTask).
 
-``run`` (task thread) reads pixels and talks to the worker; ``finished`` (main thread) adds the styled class
-layer and the polygons to the project and reports per-class areas, or reports the error in plain words in the
-message bar and the log. Cancelling the task tells the worker to stop and leaves no file under the output name.
+The dialog, the toolbox, batch mode, the model builder and ``qgis_process`` thus share one executor, one
+parameter set and one way of loading and styling the outputs (Processing's own result handling, with the
+algorithm's per-run post-processors). The algorithm is prepared at once, on the main thread, so a bad request
+fails before anything runs (:attr:`SegmentRun.prepare_error`); the job then runs in QGIS's task manager, and the
+outcome — summary, cancellation or error in plain words — goes to the message bar and the FactSeg log.
 """
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable
 
-from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsRasterLayer, QgsTask, QgsVectorLayer
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMessageLog,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
+    QgsProject,
+)
 
-from .errors import FactSegError, JobCancelled
-from .job import JobRequest, JobResult, format_statistics, run_job
-from .styling import style_class_layer
+from .errors import FactSegError
 
 LOG_TAG = "FactSeg"
+ALGORITHM_ID = "factseg:segment"
+LOADED_OUTPUTS = {"OUTPUT": "FactSeg classes", "OUTPUT_VECTOR": "FactSeg objects"}
 
 
-def log(message: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
+def log(message: str, level: Qgis.MessageLevel = Qgis.MessageLevel.Info) -> None:
     """Write to the FactSeg tab of QGIS's log panel."""
     QgsMessageLog.logMessage(message, LOG_TAG, level)
 
 
-class SegmentTask(QgsTask):
-    """Runs one :class:`JobRequest`; ``result``/``error`` hold the outcome once ``finished`` ran."""
+class RunFeedback(QgsProcessingFeedback):
+    """Keeps the errors the algorithm reports and copies its messages to the FactSeg log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def reportError(self, error, fatalError=False):  # noqa: N802, N803 (QGIS API)
+        self.errors.append(str(error))
+        super().reportError(error, fatalError)
+
+    def pushInfo(self, info):  # noqa: N802
+        log(str(info))
+        super().pushInfo(info)
+
+
+class SegmentRun:
+    """One run of ``factseg:segment``; ``results``/``error`` hold the outcome once it finished."""
 
     def __init__(
         self,
-        request: JobRequest,
+        parameters: dict,
         message_bar=None,
         project: QgsProject | None = None,
-        on_finished: Callable[[SegmentTask], None] | None = None,
+        on_finished: Callable[[SegmentRun], None] | None = None,
+        layer_name: str = "",
     ) -> None:
-        super().__init__(f"FactSeg: segment {request.layer_name or 'layer'}", QgsTask.CanCancel)
-        self.request = request
-        self.message_bar = message_bar
         self.project = project or QgsProject.instance()
+        self.message_bar = message_bar
         self.on_finished = on_finished
-        self.result: JobResult | None = None
-        self.error: FactSegError | None = None
+        self.layer_name = layer_name or "layer"
+        self.algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+        if self.algorithm is None:
+            raise FactSegError("The FactSeg Processing provider is not loaded (factseg:segment is missing).")
+        self.context = QgsProcessingContext()
+        self.context.setProject(self.project)
+        self.feedback = RunFeedback()
+        self.parameters = self._loading(parameters)
+        self.results: dict = {}
+        self.error: str | None = None
+        self.cancelled = False
         self.added_layers: list = []
+        self.task = QgsProcessingAlgRunnerTask(self.algorithm, self.parameters, self.context, self.feedback)
+        self.task.setDescription(f"FactSeg: segment {self.layer_name}")
+        self.prepare_error = ("; ".join(self.feedback.errors) or "The request was refused.") \
+            if self.task.isCanceled() else None
+        self.task.executed.connect(self._executed)
 
-    def run(self) -> bool:
-        """Task thread: the whole job; exceptions are kept for ``finished`` (raising here would lose them)."""
-        try:
-            self.result = run_job(
-                self.request,
-                progress=lambda fraction: self.setProgress(100.0 * fraction),
-                is_cancelled=self.isCanceled,
-                log=log,
-            )
-            return True
-        except JobCancelled as exc:
-            self.error = exc
-        except FactSegError as exc:
-            self.error = exc
-        except Exception as exc:  # noqa: BLE001 (anything else: report it, with the traceback in the log)
-            log(traceback.format_exc(), Qgis.Critical)
-            self.error = FactSegError(f"Unexpected error while segmenting: {exc}")
-        return False
+    @property
+    def request(self):
+        """The job these parameters prepare to (grid, reader, worker target, outputs), as the algorithm sees it.
 
-    def finished(self, ok: bool) -> None:
-        """Main thread: add and style the outputs, or report what went wrong."""
+        The task prepares its own copy of the algorithm; this prepares another one the same way (cheap: a grid
+        plan and a provider clone), to show or check what will run.
+        """
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+        if not algorithm.prepare(self.parameters, self.context, RunFeedback()):
+            return None
+        return algorithm._request  # noqa: SLF001 (our own algorithm class)
+
+    def _loading(self, parameters: dict) -> dict:
+        """The parameters, with the class raster and polygons marked to be loaded into the project."""
+        loading = dict(parameters)
+        for key, title in LOADED_OUTPUTS.items():
+            path = loading.get(key)
+            if isinstance(path, str) and path:
+                definition = QgsProcessingOutputLayerDefinition(path, self.project)
+                definition.destinationName = f"{self.layer_name} — {title}"
+                loading[key] = definition
+        return loading
+
+    def start(self) -> SegmentRun:
+        """Hand the task to QGIS's task manager (progress and cancel in its panel too)."""
+        if self.prepare_error is not None:
+            raise FactSegError(self.prepare_error)
+        QgsApplication.taskManager().addTask(self.task)
+        log(f"Started: {self.task.description()}")
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.task.cancel()
+
+    def status(self) -> QgsProcessingAlgRunnerTask.TaskStatus:
+        return self.task.status()
+
+    @property
+    def progressChanged(self):  # noqa: N802 (the task's signal, as on a QgsTask)
+        return self.task.progressChanged
+
+    def _executed(self, ok: bool, results: dict) -> None:
+        """Main thread: load and style the outputs (Processing's result handling), or report what went wrong."""
         try:
-            if ok and self.result is not None:
-                self._add_outputs(self.result)
-            elif isinstance(self.error, JobCancelled) or (self.error is None and self.isCanceled()):
-                self.error = self.error or JobCancelled("Segmentation cancelled; nothing was written.")
-                self._report(str(self.error), Qgis.Info)
+            if ok:
+                self.results = dict(results)
+                self._load_outputs()
+                text = str(self.results.get("SUMMARY") or "Segmentation finished.")
+                log(f"Done: {self.results.get('OUTPUT')}. {text}", Qgis.MessageLevel.Success)
+                self._report(text, Qgis.MessageLevel.Success, title="FactSeg finished")
+            elif self.cancelled or self.feedback.isCanceled():  # here, or from the task manager's panel
+                self.cancelled = True
+                self.error = "Segmentation cancelled; the worker stopped and no output was written."
+                self._report(self.error, Qgis.MessageLevel.Info)
             else:
-                self._report(str(self.error or "The segmentation failed for an unknown reason."), Qgis.Critical)
+                self.error = self.feedback.errors[-1] if self.feedback.errors else \
+                    "The segmentation failed for an unknown reason."
+                self._report(self.error, Qgis.MessageLevel.Critical)
         finally:
             if self.on_finished is not None:
                 self.on_finished(self)
 
-    def _add_outputs(self, result: JobResult) -> None:
-        name = f"{self.request.layer_name or 'layer'} — FactSeg classes"
-        layer = QgsRasterLayer(str(result.raster_path), name, "gdal")
-        if not layer.isValid():
-            self._report(f"The class raster {result.raster_path} was written but QGIS cannot open it.", Qgis.Critical)
-            return
-        style_class_layer(layer, result.classes)
-        self.project.addMapLayer(layer)
-        self.added_layers.append(layer)
-        if result.vector_path:
-            vector = QgsVectorLayer(str(result.vector_path), f"{self.request.layer_name} — FactSeg objects", "ogr")
-            if vector.isValid():
-                self.project.addMapLayer(vector)
-                self.added_layers.append(vector)
-        summary = format_statistics(result.statistics) if result.statistics else ""
-        polygons = f", {result.feature_count} objects" if result.vector_path else ""
-        text = f"{result.grid.width} × {result.grid.height} px in {result.seconds:.1f} s{polygons}. {summary}"
-        log(f"Done: {result.raster_path}. {text}", Qgis.Success)
-        self._report(text, Qgis.Success, title="FactSeg finished")
+    def _load_outputs(self) -> None:
+        from processing.gui.Postprocessing import handleAlgorithmResults  # QGIS's Processing plugin
+
+        added: list = []
+        self.project.layersAdded.connect(added.extend)
+        try:
+            handleAlgorithmResults(self.algorithm, self.context, self.feedback)
+        finally:
+            self.project.layersAdded.disconnect(added.extend)
+        order = [self.results.get(key) for key in LOADED_OUTPUTS]
+        self.added_layers = sorted(added, key=lambda layer: next(
+            (i for i, path in enumerate(order) if path and layer.source().startswith(str(path))), len(order)))
 
     def _report(self, text: str, level: Qgis.MessageLevel, title: str = "FactSeg") -> None:
         log(text, level)
         if self.message_bar is not None:
-            self.message_bar.pushMessage(title, text, level=level, duration=0 if level == Qgis.Critical else 15)
+            critical = level == Qgis.MessageLevel.Critical
+            self.message_bar.pushMessage(title, text, level=level, duration=0 if critical else 15)

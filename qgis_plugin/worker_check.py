@@ -13,10 +13,8 @@ from urllib.parse import urlsplit
 from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from worker.client import WorkerClient
-from worker.client.protocol import RemoteError, WorkerError, WorkerUnavailable
-
 from .auth import CurveKeys, short_key
+from .worker_import import RemoteError, WorkerClient, WorkerError, WorkerUnavailable
 from .worker_python import PythonCheck, check_worker_python
 
 CHECK_TIMEOUT_S = 3.0

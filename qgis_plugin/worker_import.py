@@ -1,39 +1,47 @@
-"""Make the ``worker`` package (shipped beside the plugin code) importable inside QGIS.
+"""The plugin's one door to the worker's QGIS-side code: ``worker.client`` (protocol, client, local workers) and
+``worker.io`` (GDAL outputs, polygons, statistics). Nothing else of ``worker`` is imported inside QGIS.
 
-Installed from the zip, ``worker/`` lies in the plugin folder; in the repository it lies next to
-``qgis_plugin/``. The folder is put first on ``sys.path`` only while the client-side modules are imported (so
-an unrelated ``worker`` module elsewhere cannot shadow ours), then kept at the end (so ours shadows nothing).
-Only torch-free modules are imported: the protocol, the client and the GDAL output helpers.
+Where the code lies (no ``sys.path`` changes either way):
+- installed from ``factseg.zip``, ``worker/`` is vendored *inside* the plugin package, so it is imported as
+  ``factseg.worker.client`` — a relative import that no other ``worker`` package on QGIS's path can shadow or be
+  shadowed by. The zip also carries ``worker/server`` and ``factseg_core`` for a local worker process, which
+  imports them with ``PYTHONPATH=<plugin folder>``; QGIS's own Python never imports those;
+- in a repository checkout, ``worker/`` is the top-level package beside ``qgis_plugin/``.
+Every plugin module imports these names from here, so exception classes are the same objects everywhere.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from .settings import plugin_root
+import importlib
+from types import ModuleType
 
 
-def ensure_worker_importable() -> None:
-    """Import our ``worker`` client modules once; ImportError in plain words if a foreign ``worker`` is loaded."""
-    root = str(plugin_root())
-    loaded = sys.modules.get("worker")
-    origin = getattr(loaded, "__file__", None) if loaded is not None else None
-    if origin and Path(origin).resolve().parent.parent != Path(root):
-        # Already loaded from elsewhere (e.g. a FactSeg checkout on PYTHONPATH): fine if it is FactSeg's.
-        try:
-            import worker.client  # noqa: F401
-            import worker.io.raster_output  # noqa: F401
-        except ImportError as exc:
-            raise ImportError(
-                f"FactSeg: another Python package named 'worker' is already loaded (from {origin}) and it is "
-                f"not FactSeg's worker ({exc}); FactSeg needs its own, from {root}.") from exc
-    sys.path.insert(0, root)
+def _worker_module(name: str) -> ModuleType:
+    """``worker.<name>``: the copy vendored in the plugin package if there is one, else the top-level package."""
     try:
-        import worker.client  # noqa: F401
-        import worker.client.protocol  # noqa: F401
-        import worker.io.raster_output  # noqa: F401
-        import worker.io.vectorize  # noqa: F401
-    finally:
-        sys.path.remove(root)
-        if root not in sys.path:
-            sys.path.append(root)
+        return importlib.import_module(f".worker.{name}", __package__)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (f"{__package__}.worker", f"{__package__}.worker.{name}"):
+            raise  # a real missing dependency (pyzmq, GDAL): let classFactory explain it
+    return importlib.import_module(f"worker.{name}")
+
+
+client = _worker_module("client")
+protocol = _worker_module("client.protocol")
+raster_output = _worker_module("io.raster_output")
+vectorize = _worker_module("io.vectorize")
+outputs = _worker_module("io.outputs")
+
+WorkerClient = client.WorkerClient
+LocalWorker = client.LocalWorker
+start_local_worker = client.start_local_worker
+WorkerError = protocol.WorkerError
+RemoteError = protocol.RemoteError
+WorkerUnavailable = protocol.WorkerUnavailable
+SegmentationCancelled = protocol.SegmentationCancelled
+ClassRasterWriter = raster_output.ClassRasterWriter
+confidence_path = raster_output.confidence_path
+class_statistics = vectorize.class_statistics
+polygonize_classes = vectorize.polygonize_classes
+OutputSet = outputs.OutputSet
+OutputPathError = outputs.OutputPathError
+check_output_paths = outputs.check_output_paths

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build dist/factseg.zip, installable with QGIS's "Install from ZIP": one top-level folder factseg/ holding the
-# plugin code (qgis_plugin/), metadata.txt, the icon, and the worker + factseg_core packages, so that a local
-# worker can be started from the plugin folder (PYTHONPATH=<plugin dir> python -m worker ...). The plugin code
-# itself imports only the torch-free parts of worker (protocol, client, GDAL output helpers).
+# plugin code (qgis_plugin/), metadata.txt and the icon, with the worker and factseg_core packages vendored inside
+# it. Inside QGIS the plugin imports only worker.client* and worker.io*, as the subpackage factseg.worker (a
+# relative import through qgis_plugin/worker_import.py: no sys.path change, nothing to shadow). worker/server and
+# factseg_core are there for a *local* worker process only, which runs `python -m worker` with
+# PYTHONPATH=<plugin folder> in the worker's own Python (with torch); QGIS's Python never imports them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,7 @@ copy_tree qgis_plugin "$STAGE/$NAME"
 copy_tree worker "$STAGE/$NAME/worker"
 copy_tree factseg_core "$STAGE/$NAME/factseg_core"
 cp metadata.txt "$STAGE/$NAME/metadata.txt"
-for extra in LICENSE README.md; do
+for extra in LICENSE README.md worker-requirements.txt; do
   [ -f "$extra" ] && cp "$extra" "$STAGE/$NAME/$extra"
 done
 

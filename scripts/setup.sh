@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qgis python3-qgis gdal-bin python3-gdal python3-zmq python3-venv python3-pil)
+APT_PACKAGES=(qgis python3-qgis gdal-bin python3-gdal python3-zmq python3-venv python3-pil xvfb)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -98,3 +98,104 @@ def unpack_plugin(zip_path: Path, plugins_dir: Path) -> Path:
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(plugins_dir)
     return plugins_dir / "factseg"
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_curve_worker(checkpoint: Path, keys_dir: Path):
+    """A real worker on tcp loopback that requires CURVE: its keys and one allowed client (``python -m
+    worker.keys``). Returns (worker, key paths)."""
+    from worker.client import start_local_worker
+    from worker.keys import generate, load_client_keys, load_public_key
+
+    paths = generate(keys_dir)
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    running = start_local_worker(
+        str(VENV_PYTHON), str(checkpoint), endpoint=endpoint, device="cpu", pythonpath=str(REPO_ROOT),
+        extra_args=["--curve-secret-key", str(paths["server_secret"]), "--curve-allowed-clients",
+                    str(keys_dir / "clients")],
+        server_public_key=load_public_key(paths["server_public"]),
+        client_keys=load_client_keys(paths["client_secret"]))
+    return running, paths
+
+
+def imagery(height: int = 256, width: int = 320) -> np.ndarray:
+    """3×h×w uint8 imagery: a crop of the real iSAID sample (a parking lot) when present, else a synthetic scene."""
+    from conftest import ISAID_SAMPLE
+
+    sample = ISAID_SAMPLE / "train" / "images" / "P0005.png"
+    if sample.is_file():
+        from PIL import Image
+
+        rgb = np.asarray(Image.open(sample).convert("RGB"))[300:300 + height, 180:180 + width]
+        if rgb.shape[:2] == (height, width):
+            return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    return scene(height, width, seed=11).astype(np.uint8)
+
+
+SHARPEN = 30.0
+
+
+def mixed_checkpoint(model, image_chw: np.ndarray, path: Path, background_share: float = 0.7) -> Path:
+    """A checkpoint of ``model`` (untrained) whose output on ``image_chw`` is about ``background_share``
+    background and object classes elsewhere: the binary (foreground) head is centred at that quantile of its
+    logits and sharpened.
+    Trains nothing; it gives the map tests both background and objects to look at."""
+    import copy
+
+    import torch
+
+    from factseg_core import save_checkpoint
+    from factseg_core.config import MEAN, STD
+
+    crafted = copy.deepcopy(model).eval()
+    x = torch.from_numpy(image_chw.astype(np.float32))
+    x = ((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])[None]
+    with torch.no_grad():
+        _, binary = crafted.logits(x)
+        # centre the binary logits at the quantile and sharpen them: sigmoid(fg) is then ~0 (background wins the
+        # CP fusion) or ~1 (an object class wins), nothing in between
+        crafted.bi_head.bias -= torch.quantile(binary.flatten(), background_share)
+        crafted.bi_head.weight *= SHARPEN
+        crafted.bi_head.bias *= SHARPEN
+    save_checkpoint(crafted, path)
+    return path
+
+
+def recording_feedback():
+    """A QgsProcessingFeedback that keeps the errors and progress the algorithm reports (processing.run raises
+    only a generic message)."""
+    from qgis.core import QgsProcessingFeedback
+
+    class Recording(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.errors: list[str] = []
+            self.progress: list[float] = []
+            self.progressChanged.connect(self.progress.append)
+
+        def reportError(self, error, fatalError=False):  # noqa: N802, N803
+            self.errors.append(error)
+            super().reportError(error, fatalError)
+
+    return Recording
+
+
+def registered_provider():
+    """Register the FactSeg Processing provider (a generator for fixtures: the caller holds the reference the
+    registry does not keep)."""
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.processing_provider import FactSegProvider
+
+    registry = QgsApplication.processingRegistry()
+    prov = FactSegProvider()
+    registry.addProvider(prov)
+    yield prov
+    registry.removeProvider(prov)

@@ -43,6 +43,7 @@ def test_metadata_is_complete(plugin_zip):
     assert general["category"] == "Raster"
     assert general["hasProcessingProvider"] == "yes"
     assert general["icon"] == "icon.png"
+    assert general["supportsQt6"] == "True"  # QGIS 4
     assert "@" in general["email"] and general["repository"].startswith("https://")
 
 
@@ -123,28 +124,48 @@ def test_unload_removes_everything(loaded_plugin, qgis_iface):
     qgis_iface.removePluginRasterMenu.assert_any_call("&FactSeg", action)
 
 
-def test_missing_pyzmq_gives_advice_not_a_traceback(plugin_zip, tmp_path):
-    """QGIS's Python without pyzmq: the plugin still loads and says what to install."""
+def run_in_qgis_python(zip_path, tmp_path, lines: str, prelude: str = ""):
+    """``lines`` run by QGIS's own Python (/usr/bin/python3, no .venv) with the zip's plugin on its path and a
+    headless QgsApplication; returns the finished process."""
     import subprocess
 
-    from plugin_support import unpack_plugin
-
     plugins = tmp_path / "plugins"
-    unpack_plugin(plugin_zip, plugins)
-    script = (
-        "import sys; sys.modules['zmq'] = None\n"
-        f"sys.path.insert(0, {str(plugins)!r})\n"
-        "from qgis.core import QgsApplication\n"
-        "app = QgsApplication([], False); app.initQgis()\n"
-        "import factseg\n"
-        "plugin = factseg.classFactory(None)\n"
-        "plugin.initGui(); plugin.unload()\n"
-        "print(type(plugin).__name__, '|', plugin.message)\n"
-    )
+    unpack_plugin(zip_path, plugins)
+    script = (f"{prelude}import sys\nsys.path.insert(0, {str(plugins)!r})\n"
+              "from qgis.core import QgsApplication\napp = QgsApplication([], False); app.initQgis()\n" + lines)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["QT_QPA_PLATFORM"] = "offscreen"
     run = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True, timeout=120, env=env,
                          cwd=tmp_path)
     assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_missing_pyzmq_gives_advice_not_a_traceback(plugin_zip, tmp_path):
+    """QGIS's Python without pyzmq: the plugin still loads and says what to install."""
+    run = run_in_qgis_python(plugin_zip, tmp_path, (
+        "import factseg\n"
+        "plugin = factseg.classFactory(None)\n"
+        "plugin.initGui(); plugin.unload()\n"
+        "print(type(plugin).__name__, '|', plugin.message)\n"), prelude="import sys; sys.modules['zmq'] = None\n")
     assert "MissingDependencyPlugin | FactSeg needs pyzmq" in run.stdout
     assert "python3-zmq" in run.stdout
+
+
+def test_installed_plugin_imports_only_the_client_side_of_worker(plugin_zip, tmp_path):
+    """In QGIS's own Python, the installed plugin imports worker.client and worker.io as its own subpackage
+    (factseg.worker…), changes no sys.path entry, and loads neither the server, factseg_core nor torch."""
+    import json
+
+    assert zipfile.ZipFile(plugin_zip).read("factseg/worker-requirements.txt")  # for Set up worker…
+    run = run_in_qgis_python(plugin_zip, tmp_path, (
+        "import json\n"
+        "before = list(sys.path)\n"
+        "import factseg, factseg.plugin, factseg.processing_provider.segment_algorithm, factseg.dialog\n"
+        "print(json.dumps({'path_changed': sys.path != before, 'modules': sorted(sys.modules)}))\n"))
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    modules = report["modules"]
+    assert not report["path_changed"]
+    assert "factseg.worker.client.client" in modules and "factseg.worker.io.outputs" in modules
+    assert not [m for m in modules if m == "worker" or m.startswith("worker.")]
+    assert not [m for m in modules if m.startswith(("factseg.worker.server", "factseg.factseg_core", "torch"))]

@@ -234,8 +234,11 @@ def test_class_renderer_uses_worker_classes(utm_tif):
     style_class_layer(layer, classes)
     renderer = layer.renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
+    # the object classes by name in the display palette; background (0) is left out: transparent over the imagery
+    from qgis_plugin.styling import DISPLAY_PALETTE
+
     assert [(c.value, c.label, c.color.getRgb()[:3]) for c in renderer.classes()] == [
-        (0, "background", (0, 0, 0)), (1, "oil palm", (10, 200, 30))]
+        (1, "oil palm", DISPLAY_PALETTE[0])]
 
 
 def test_settings_round_trip():
@@ -252,8 +255,16 @@ def test_settings_round_trip():
 # -- dialog -------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def provider(qgis_processing):
+    """factseg:segment registered, as the plugin does."""
+    from plugin_support import registered_provider
+
+    yield from registered_provider()
+
+
 @pytest.fixture()
-def dialog(qgis_iface, utm_tif):
+def dialog(qgis_iface, utm_tif, provider):
     from qgis_plugin.dialog import SegmentDialog
     from qgis_plugin.settings import PluginSettings
 

@@ -1,5 +1,6 @@
-"""The Segment Layer task path in a real headless QGIS with a real worker: progress, styled layers added on the
-main thread, cancel midway (the worker stops, nothing added, no file under the output name), errors in words."""
+"""The Segment Layer path in a real headless QGIS with a real worker: the dialog's parameters run through
+factseg:segment as a Processing task; progress, styled layers added on the main thread, cancel midway (the worker
+stops, nothing added, no file under the output name), errors in words."""
 from __future__ import annotations
 
 import threading
@@ -34,15 +35,17 @@ def plugin(qgis_iface, qgis_processing):
     QgsProject.instance().removeAllMapLayers()
 
 
-def make_request(tmp_path, endpoint, size=(160, 200), **kwargs):
-    from qgis_plugin.job import WorkerTarget, prepare_job
-
+def make_params(tmp_path, endpoint, size=(160, 200), **kwargs):
+    """factseg:segment parameters as the dialog builds them, for a scene layer added to the project."""
     src = write_geotiff(tmp_path / "in.tif", scene(*size, seed=7), UTM_GT, 32633)
     layer = QgsRasterLayer(str(src), "scene")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
-    target = kwargs.pop("target", None) or WorkerTarget(endpoint)
-    return prepare_job(layer, tmp_path / "classes.tif", target, patch=PATCH, stride=STRIDE, **kwargs)
+    params = {"INPUT": layer, "OUTPUT": str(tmp_path / "classes.tif"), "PATCH": PATCH, "STRIDE": STRIDE}
+    if endpoint:
+        params["WORKER"] = endpoint
+    params.update(kwargs)
+    return params
 
 
 def wait_for(task, timeout_s=120.0):
@@ -57,45 +60,55 @@ def wait_for(task, timeout_s=120.0):
 
 
 def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgis_iface):
-    request = make_request(tmp_path, worker.endpoint, vector_path=tmp_path / "objects.gpkg")
-    task = plugin.start_task(request)
+    from qgis.core import QgsCategorizedSymbolRenderer
+
+    from qgis_plugin.styling import DISPLAY_PALETTE
+
+    task = plugin.start_run(make_params(tmp_path, worker.endpoint, OUTPUT_VECTOR=str(tmp_path / "objects.gpkg")))
     progress = []
     task.progressChanged.connect(progress.append)
     wait_for(task)
-    assert task.status() == QgsTask.Complete and task.error is None
+    assert task.status() == QgsTask.TaskStatus.Complete and task.error is None
     assert progress and max(progress) == pytest.approx(100.0)
     raster, vector = task.added_layers
     assert raster.id() in QgsProject.instance().mapLayers() and vector.id() in QgsProject.instance().mapLayers()
     renderer = raster.renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     labels = {c.value: c.label for c in renderer.classes()}
-    assert labels[1] == "ship" and labels[9] == "small vehicle" and len(labels) == 16
-    assert renderer.classes()[14].color.getRgb()[:3] == (0, 127, 255)
-    assert vector.featureCount() == task.result.feature_count > 0
-    assert {"class_id", "class_name", "area_m2"} <= set(vector.fields().names())
-    success = qgis_iface.messageBar().get_messages(Qgis.Success)
+    # the legend lists the 15 object classes by name; background (0) is left out, so it is transparent
+    assert labels[1] == "ship" and labels[9] == "small vehicle" and len(labels) == 15 and 0 not in labels
+    assert renderer.classes()[13].value == 14 and renderer.classes()[13].color.getRgb()[:3] == DISPLAY_PALETTE[13]
+    assert vector.featureCount() == task.results["FEATURE_COUNT"] > 0
+    assert {"class_id", "class_name"} <= set(vector.fields().names())
+    categorized = vector.renderer()
+    assert isinstance(categorized, QgsCategorizedSymbolRenderer) and categorized.classAttribute() == "class_id"
+    by_value = {int(c.value()): c for c in categorized.categories()}
+    assert by_value[1].label() == "ship" and by_value[1].symbol().color().getRgb()[:3] == DISPLAY_PALETTE[0]
+    success = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
     assert success and "%" in success[-1] and "m²" in success[-1]
     ids, _ = read_classes(tmp_path / "classes.tif")
     assert ids.shape == (160, 200)
-    assert plugin.tasks == []
+    assert plugin.runs == []
 
 
-def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface):
+@pytest.mark.parametrize("via", ["plugin", "task manager"])
+def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path, qgis_iface, monkeypatch, via):
+    from qgis_plugin.raster_reading import RasterReader
     from worker.client import WorkerClient
 
-    request = make_request(tmp_path, worker.endpoint, size=(256, 256), chunk_size=128)  # 4 chunks
+    params = make_params(tmp_path, worker.endpoint, size=(256, 256), CHUNK_SIZE=128)  # 4 chunks
     reads, gate = [], threading.Event()
-    read = request.reader.read
+    read = RasterReader.read
 
-    def gated_read(*window):  # hold the 3rd chunk's read until the test has pressed cancel
+    def gated_read(self, *window):  # hold the 3rd chunk's read until the test has pressed cancel
         reads.append(window)
         if len(reads) == 3:
             gate.wait(30)
-        return read(*window)
+        return read(self, *window)
 
-    request.reader.read = gated_read
+    monkeypatch.setattr(RasterReader, "read", gated_read)
     layers_before = set(QgsProject.instance().mapLayers())
-    task = plugin.start_task(request)
+    task = plugin.start_run(params)
     progress = []
     task.progressChanged.connect(progress.append)
     deadline = time.monotonic() + 60
@@ -103,16 +116,16 @@ def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path,
         QCoreApplication.processEvents()
         time.sleep(0.01)
     assert any(0 < p < 100 for p in progress), progress
-    task.cancel()
+    (task.cancel if via == "plugin" else task.task.cancel)()  # the run's cancel, or the QgsTask's own button
     gate.set()
     wait_for(task)
-    assert task.status() == QgsTask.Terminated
+    assert task.status() == QgsTask.TaskStatus.Terminated
     assert "cancelled" in str(task.error)
     assert len(reads) < 5
     assert set(QgsProject.instance().mapLayers()) == layers_before
     assert not (tmp_path / "classes.tif").exists()
     assert not list(tmp_path.glob(".classes.tif*"))
-    assert any("cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
+    assert any("cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Info))
     with WorkerClient(worker.endpoint) as client:  # the worker dropped the rest and is idle again
         deadline = time.monotonic() + 10
         while (state := client.status())["busy"] or state["queued"]:
@@ -120,15 +133,15 @@ def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path,
             time.sleep(0.1)
 
 
-def test_unreachable_worker_reported_in_message_bar(plugin, tmp_path, qgis_iface):
-    from qgis_plugin.job import WorkerTarget
+def test_unreachable_worker_reported_in_message_bar(plugin, tmp_path, qgis_iface, monkeypatch):
+    from qgis_plugin import job
 
+    monkeypatch.setattr(job, "PROBE_TIMEOUT_S", 1.0)
     nobody = f"ipc://{tmp_path}/nobody.sock"
-    request = make_request(tmp_path, nobody, target=WorkerTarget(nobody, probe_timeout_s=1.0))
-    task = plugin.start_task(request)
+    task = plugin.start_run(make_params(tmp_path, nobody))
     wait_for(task)
-    assert task.status() == QgsTask.Terminated
-    critical = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert task.status() == QgsTask.TaskStatus.Terminated
+    critical = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
     assert critical and f"worker at {nobody} does not answer" in critical[-1]
     assert not (tmp_path / "classes.tif").exists()
 
@@ -140,8 +153,7 @@ def test_task_output_matches_processing_code_path(plugin, worker, tmp_path):
 
     from qgis_plugin.processing_provider import FactSegProvider
 
-    request = make_request(tmp_path, worker.endpoint)
-    task = plugin.start_task(request)
+    task = plugin.start_run(make_params(tmp_path, worker.endpoint))
     wait_for(task)
     ids_task, _ = read_classes(tmp_path / "classes.tif")
     registry = QgsApplication.processingRegistry()
@@ -159,8 +171,6 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     from PIL import Image
     from qgis.core import QgsRectangle
 
-    from qgis_plugin.job import WorkerTarget, prepare_job
-
     tiles = scene(512, 512, seed=9).astype(np.uint8).transpose(1, 2, 0)
     for x in (0, 1):
         for y in (0, 1):
@@ -173,11 +183,13 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     zoom1 = 40075016.68557849 / 512
     origin = -20037508.342789244
     extent = QgsRectangle(origin + 100 * zoom1, -origin - 300 * zoom1, origin + 300 * zoom1, -origin - 100 * zoom1)
-    request = prepare_job(layer, tmp_path / "classes.tif", WorkerTarget(worker.endpoint), extent=extent,
-                          resolution=zoom1, patch=PATCH, stride=STRIDE)
-    task = plugin.start_task(request)
+    from qgis_plugin.dialog_widgets import extent_text
+
+    task = plugin.start_run({"INPUT": layer, "OUTPUT": str(tmp_path / "classes.tif"), "WORKER": worker.endpoint,
+                             "EXTENT": extent_text(extent, layer.crs()), "RESOLUTION": zoom1, "PATCH": PATCH,
+                             "STRIDE": STRIDE})
     wait_for(task)
-    assert task.status() == QgsTask.Complete, task.error
+    assert task.status() == QgsTask.TaskStatus.Complete, task.error
     ids, ds = read_classes(tmp_path / "classes.tif")
     assert ids.shape == (200, 200) and ds.GetGeoTransform()[1] == pytest.approx(zoom1)
     from plugin_support import reference_classes
@@ -186,17 +198,45 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     np.testing.assert_array_equal(ids, expected)
 
 
+def wait_check(dialog, timeout_s=30.0):
+    """Run *Check worker* (a task) and wait for its answer, keeping the GUI thread free meanwhile."""
+    task = dialog.check_worker()
+    assert task is not None
+    deadline = time.monotonic() + timeout_s
+    while dialog.last_check is None or not dialog.check_button.isEnabled():
+        assert time.monotonic() < deadline, "Check worker did not answer"
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    check, dialog.last_check = dialog.last_check, None
+    return check
+
+
 def test_dialog_check_worker_shows_its_classes(qgis_iface, worker):
     from qgis_plugin.dialog import SegmentDialog
 
     dialog = SegmentDialog(qgis_iface)
     dialog.endpoint_radio.setChecked(True)
     dialog.endpoint_edit.setText(worker.endpoint)
-    info = dialog.check_worker()
+    for field in (dialog.server_key_edit, dialog.client_key_widget):  # a plain ipc worker: no keys
+        field.setFilePath("") if hasattr(field, "setFilePath") else field.setText("")
+    dialog.authcfg_edit.setConfigId("")
+    check = wait_check(dialog)
+    info = check.info if check.ok else None
     assert info is not None and len(info["classes"]) == 16
-    assert "small vehicle" in dialog.classes_label.text() and "resnet18" in dialog.classes_label.text()
+    assert "small&nbsp;vehicle" in dialog.classes_label.text() and "resnet18" in dialog.classes_label.text()
+    assert "unauthenticated" in dialog.classes_label.text()
+    dialog.show()
+    QCoreApplication.processEvents()
+    label = dialog.classes_label  # the legend wraps and gets the height it needs: nothing clipped
+    assert label.wordWrap() and label.height() >= label.heightForWidth(label.width()) > 2 * label.fontMetrics().height()
     dialog.endpoint_edit.setText(f"ipc://{worker.endpoint[6:]}.nobody")
-    assert dialog.check_worker() is None
+    started = time.monotonic()
+    task = dialog.check_worker()
+    assert time.monotonic() - started < 0.5 and task is not None  # the GUI thread does not wait for the worker
+    while dialog.last_check is None:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    assert not dialog.last_check.ok
     assert "No FactSeg worker answers" in dialog.classes_label.text()
     dialog.close()
 
@@ -205,19 +245,84 @@ def test_local_worker_is_reused_between_tasks_and_stopped_at_unload(plugin, tiny
     from plugin_support import VENV_PYTHON
 
     from qgis_plugin import local_workers
-    from qgis_plugin.job import WorkerTarget
-    from qgis_plugin.local_workers import LocalWorkerSpec
 
-    target = WorkerTarget(local=LocalWorkerSpec(str(VENV_PYTHON), str(tiny_checkpoint), "cpu"))
-    first = plugin.start_task(make_request(tmp_path, "", size=(64, 64), target=target))
+    local = {"MODEL": str(tiny_checkpoint), "WORKER_PYTHON": str(VENV_PYTHON), "DEVICE": 1}
+    first = plugin.start_run(make_params(tmp_path, "", size=(64, 64), **local))
     wait_for(first)
-    assert first.status() == QgsTask.Complete, first.error
+    assert first.status() == QgsTask.TaskStatus.Complete, first.error
     endpoints = local_workers.running_endpoints()
     assert len(endpoints) == 1
     (tmp_path / "classes.tif").unlink()
-    second = plugin.start_task(make_request(tmp_path, "", size=(64, 64), target=target))
+    second = plugin.start_run(make_params(tmp_path, "", size=(64, 64), **local))
     wait_for(second)
-    assert second.status() == QgsTask.Complete, second.error
+    assert second.status() == QgsTask.TaskStatus.Complete, second.error
     assert local_workers.running_endpoints() == endpoints  # the same process served both
     plugin.unload()
     assert local_workers.running_endpoints() == []
+
+
+def test_dialog_checks_the_worker_python_off_the_gui_thread(qgis_iface):
+    """A Python is offered only once it is known to import torch: the dialog says what a bare one lacks."""
+    from plugin_support import VENV_PYTHON
+
+    from qgis_plugin.dialog import SegmentDialog
+
+    dialog = SegmentDialog(qgis_iface)
+    panel = dialog.python_panel
+    assert panel.setup_button.text() == "Set up worker…"
+    for python, ok in (("/usr/bin/python3", False), (str(VENV_PYTHON), True)):
+        panel.setFilePath(python)
+        started = time.monotonic()
+        assert panel.check_python() is not None
+        assert time.monotonic() - started < 0.5  # the probe (a subprocess importing torch) runs in a task
+        deadline = time.monotonic() + 60
+        while panel.check is None:
+            assert time.monotonic() < deadline, panel.status_label.text()
+            QCoreApplication.processEvents()
+            time.sleep(0.02)
+        assert panel.check.ok is ok, panel.status_label.text()
+        if not ok:
+            assert "torch" in panel.status_label.text()
+    dialog.close()
+
+
+def test_dialog_runs_against_a_curve_worker_with_keys_from_the_auth_database(plugin, tiny_checkpoint, tmp_path,
+                                                                             qgis_iface):
+    """The dialog's path with an authentication configuration: the client secret lives in QgsAuthManager, Check
+    worker says the link is CURVE-authenticated, and the job runs through factseg:segment with AUTHCFG."""
+    from auth_support import unlock_test_auth_db
+    from plugin_support import start_curve_worker
+
+    from qgis_plugin.auth import import_key_files
+    from qgis_plugin.dialog import SegmentDialog
+    from qgis_plugin.settings import PluginSettings
+
+    unlock_test_auth_db()
+    running, keys = start_curve_worker(tiny_checkpoint, tmp_path / "keys")
+    try:
+        authcfg = import_key_files("FactSeg test worker", keys["server_public"], keys["client_secret"])
+        params = make_params(tmp_path, running.endpoint, size=(64, 96))
+        dialog = SegmentDialog(qgis_iface)
+        dialog.endpoint_radio.setChecked(True)
+        dialog.endpoint_edit.setText(running.endpoint)
+        dialog.authcfg_edit.setConfigId(authcfg)
+        check = wait_check(dialog)
+        assert check.ok and check.authenticated, check.message
+        assert "CURVE-authenticated" in dialog.classes_label.text()
+        dialog.layer_combo.setLayer(params["INPUT"])
+        dialog.extent_combo.setCurrentIndex(0)  # the whole layer (the settings may remember another source)
+        dialog.patch_spin.setValue(PATCH)
+        dialog.stride_spin.setValue(STRIDE)
+        dialog.output_widget.setFilePath(params["OUTPUT"])
+        dialog.polygons_check.setChecked(False)
+        dialog.accept()
+        assert dialog.error_label.text() == "" and dialog.run.parameters["AUTHCFG"] == authcfg
+        task = plugin.start(dialog.run)
+        wait_for(task)
+        assert task.status() == QgsTask.TaskStatus.Complete, task.error
+        ids, _ = read_classes(tmp_path / "classes.tif")
+        assert ids.shape == (64, 96)
+        dialog.close()
+    finally:
+        running.stop()
+        PluginSettings().save()  # the next dialog starts without this worker's keys

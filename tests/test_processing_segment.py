@@ -19,13 +19,14 @@ from plugin_support import (
     UTM_GT,
     build_plugin_zip,
     read_classes,
+    recording_feedback,
     reference_classes,
     scene,
     start_worker,
     unpack_plugin,
     write_geotiff,
 )
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsApplication, QgsProcessingException
 
 pytestmark = pytest.mark.qgis
 
@@ -57,18 +58,7 @@ def provider(qgis_processing):
     registry.removeProvider(prov)
 
 
-class RecordingFeedback(QgsProcessingFeedback):
-    """Keeps what the algorithm reports (processing.run raises only a generic message)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors: list[str] = []
-        self.progress: list[float] = []
-        self.progressChanged.connect(self.progress.append)
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        self.errors.append(error)
-        super().reportError(error, fatalError)
+RecordingFeedback = recording_feedback()
 
 
 def run_segment(provider, feedback=None, **params):
@@ -429,3 +419,61 @@ def test_cancel_through_processing_feedback(provider, worker, tmp_path):
         run_segment(provider, feedback, INPUT=str(src), WORKER=worker.endpoint, OUTPUT=str(tmp_path / "o.tif"))
     assert "cancelled" in " ".join([str(raised.value), *feedback.errors])
     assert not list(tmp_path.glob("*o.tif*"))
+
+
+@pytest.fixture(scope="module")
+def curve_worker(tiny_checkpoint, tmp_path_factory):
+    """A worker on tcp loopback that requires CURVE keys (server pair + one allowed client)."""
+    from plugin_support import start_curve_worker
+
+    running, keys = start_curve_worker(tiny_checkpoint, tmp_path_factory.mktemp("keys"))
+    yield running, keys
+    running.stop()
+
+
+def test_qgis_process_with_curve_keys(curve_worker, worker, qgis_process_env, tmp_path):
+    """qgis_process run factseg:segment … SERVER_KEY=… CLIENT_KEY=… against a CURVE worker on loopback."""
+    running, keys = curve_worker
+    src = write_geotiff(tmp_path / "utm.tif", scene(96, 128, seed=12), UTM_GT, 32633)
+    out = tmp_path / "out.tif"
+    qgis_process_run(qgis_process_env, tmp_path, f"INPUT={src}", f"WORKER={running.endpoint}",
+                     f"SERVER_KEY={keys['server_public']}", f"CLIENT_KEY={keys['client_secret']}",
+                     f"PATCH={PATCH}", f"STRIDE={STRIDE}", f"OUTPUT={out}")
+    ids, _ = read_classes(out)
+    np.testing.assert_array_equal(ids, reference_classes(worker.endpoint, rgb_of(src)))
+
+
+def test_qgis_process_with_half_the_keys_is_refused(curve_worker, qgis_process_env, tmp_path):
+    running, keys = curve_worker
+    src = write_geotiff(tmp_path / "utm.tif", scene(64, 64), UTM_GT, 32633)
+    process = subprocess.run(
+        ["/usr/bin/qgis_process.bin", "run", "factseg:segment", "--", f"INPUT={src}", f"WORKER={running.endpoint}",
+         f"SERVER_KEY={keys['server_public']}", f"OUTPUT={tmp_path / 'o.tif'}"],
+        env=qgis_process_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert process.returncode != 0
+    assert "needs both keys" in process.stdout + process.stderr
+    assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.parametrize("wrong", ["server key", "client key", "no keys"])
+def test_wrong_keys_fail_clearly(provider, curve_worker, tmp_path, monkeypatch, wrong):
+    from qgis_plugin import job
+    from worker.keys import generate
+
+    monkeypatch.setattr(job, "PROBE_TIMEOUT_S", 1.5)
+    running, keys = curve_worker
+    other = generate(tmp_path / "other")  # a pair the worker has never seen
+    params = {"server key": {"SERVER_KEY": str(other["server_public"]), "CLIENT_KEY": str(keys["client_secret"])},
+              "client key": {"SERVER_KEY": str(keys["server_public"]), "CLIENT_KEY": str(other["client_secret"])},
+              "no keys": {}}[wrong]
+    src = write_geotiff(tmp_path / "utm.tif", scene(64, 64), UTM_GT, 32633)
+    feedback = RecordingFeedback()
+    with pytest.raises(QgsProcessingException) as raised:
+        run_segment(provider, feedback, INPUT=str(src), WORKER=running.endpoint, OUTPUT=str(tmp_path / "o.tif"),
+                    **params)
+    message = " ".join([str(raised.value), *feedback.errors])
+    if wrong == "no keys":
+        assert "does not answer" in message, message
+    else:
+        assert "SERVER_KEY" in message and "CLIENT_KEY" in message, message
+    assert not (tmp_path / "o.tif").exists()

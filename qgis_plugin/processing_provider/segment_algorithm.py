@@ -14,9 +14,10 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -30,40 +31,15 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
+from ..curve import resolve_keys
 from ..errors import FactSegError
-from ..job import JobRequest, WorkerTarget, format_statistics, prepare_job, run_job
+from ..job import JobRequest, JobResult, WorkerTarget, format_statistics, prepare_job, run_job, summary
 from ..local_workers import LocalWorkerSpec
 from ..plugin_info import ICON_PATH
-from ..settings import (
-    DEFAULT_PATCH,
-    DEFAULT_STRIDE,
-    DEVICES,
-    RESOLUTION_UNITS,
-    SCALING_LABELS,
-    SCALING_MODES,
-    PluginSettings,
-)
-from ..styling import style_class_layer
+from ..settings import DEVICES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
+from .post_processing import attach_stylers
 
 UNIT_LABELS = ("Map units of the layer's CRS", "Centimetres per pixel (ground sampling distance)")
-
-
-class ClassLayerStyler(QgsProcessingLayerPostProcessorInterface):
-    """Styles the class raster with the model's names and colours when Processing loads it into the project."""
-
-    _keep: list[ClassLayerStyler] = []  # QGIS holds a plain pointer: keep the Python object alive
-
-    def __init__(self, classes: list[dict]) -> None:
-        super().__init__()
-        self.classes = classes
-
-    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 (QGIS API)
-        style_class_layer(layer, self.classes)
-
-    @classmethod
-    def create(cls, classes: list[dict]) -> ClassLayerStyler:
-        cls._keep = [cls(classes)]
-        return cls._keep[0]
 
 
 class SegmentAlgorithm(QgsProcessingAlgorithm):
@@ -75,21 +51,30 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     RESOLUTION = "RESOLUTION"
     RESOLUTION_UNITS = "RESOLUTION_UNITS"
     WORKER = "WORKER"
+    SERVER_KEY = "SERVER_KEY"
+    CLIENT_KEY = "CLIENT_KEY"
+    AUTHCFG = "AUTHCFG"
     MODEL = "MODEL"
     WORKER_PYTHON = "WORKER_PYTHON"
     DEVICE = "DEVICE"
     PATCH = "PATCH"
     STRIDE = "STRIDE"
+    CHUNK_SIZE = "CHUNK_SIZE"
+    BATCH_SIZE = "BATCH_SIZE"
+    TTA = "TTA"
     BANDS = "BANDS"
     SCALING = "SCALING"
     OUTPUT = "OUTPUT"
     OUTPUT_VECTOR = "OUTPUT_VECTOR"
+    OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
     FEATURE_COUNT = "FEATURE_COUNT"
     STATISTICS = "STATISTICS"
+    SUMMARY = "SUMMARY"
 
     def __init__(self) -> None:
         super().__init__()
         self._request: JobRequest | None = None
+        self._result: JobResult | None = None
 
     def name(self) -> str:
         return "segment"
@@ -112,65 +97,78 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return (
             "Segments the pixels of a raster layer (any provider: file, VRT, WMS/XYZ) with a FactSeg model served by "
-            "a worker process, and writes a GeoTIFF of class ids (255 = nodata) on the layer's CRS, styled with "
-            "the model's class names and colours.\n\n"
+            "a worker process, and writes a GeoTIFF of class ids (255 = nodata) on the layer's CRS; loaded, it shows "
+            "the object classes over the imagery (background transparent).\n\n"
             "WORKER: endpoint of a running worker (python -m worker --bind ENDPOINT --model MODEL). If empty, a "
             "local worker is started with MODEL (a checkpoint or ONNX file) and the worker Python.\n"
-            "RESOLUTION: pixel size of the output; 0 keeps the layer's native resolution (snapped to its pixels).\n"
+            "SERVER_KEY / CLIENT_KEY: for a remote (CURVE) worker, its public key (server.key or the 40 z85 "
+            "characters) and this client's .key_secret file; or AUTHCFG, a QGIS authentication configuration "
+            "holding both.\n"
+            "RESOLUTION: pixel size of the output; 0 keeps the layer's native grid exactly.\n"
             "EXTENT: area to segment (default: the whole layer); it is clipped to the layer.\n"
-            "MASK: polygons (selected features only, if so chosen) outside which pixels are left out (nodata); "
-            "their bounding box is the extent when EXTENT is empty.\n"
-            "PATCH / STRIDE: sliding-window size and step in pixels (FactSeg's reference: 896 / 512).\n"
+            "MASK: polygons outside which pixels are left out (nodata); their bounding box is the extent when "
+            "EXTENT is empty.\n"
+            "PATCH / STRIDE: sliding-window size and step in pixels (0: the model's own, FactSeg's reference is "
+            "896 / 512). CHUNK_SIZE: pixels per chunk side (0: the worker's). BATCH_SIZE: windows per forward pass "
+            "of a local worker (0: its default). TTA: average the predictions of the flipped windows.\n"
             "BANDS: red, green, blue band numbers, e.g. 4,3,2 (default: the layer's RGB bands).\n"
             "SCALING: how bands that are not 8-bit become 0–255.\n"
-            "OUTPUT_VECTOR: optional polygons, one per connected object, with class name and area (m²)."
+            "OUTPUT_VECTOR: optional polygons, one per connected object, with class and area. OUTPUT_CONFIDENCE: "
+            "optional float32 raster, the probability of the chosen class."
         )
 
     def createInstance(self) -> SegmentAlgorithm:  # noqa: N802
         return SegmentAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
-        advanced = QgsProcessingParameterDefinition.FlagAdvanced
+        number = QgsProcessingParameterNumber
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer"))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (default: the layer)", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK, "Area of interest: segment only inside these polygons", [QgsProcessing.TypeVectorPolygon],
+            self.MASK, "Area of interest: segment only inside these polygons", [QgsProcessing.SourceType.TypeVectorPolygon],
             optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, "Resolution (0 = the layer's native resolution)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(number(self.RESOLUTION, "Resolution (0 = the layer's native resolution)",
+                                 number.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.RESOLUTION_UNITS, "Resolution units", list(UNIT_LABELS), defaultValue=0))
         self.addParameter(QgsProcessingParameterString(
             self.WORKER, "Worker endpoint (empty: start a local worker with the model)", "", optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model for a local worker (checkpoint .pt/.pth or .onnx)", optional=True))
+        self.addParameter(number(self.PATCH, "Patch size (pixels, 0 = the model's)", number.Type.Integer, 0,
+                                 minValue=0, maxValue=4096))
+        self.addParameter(number(self.STRIDE, "Stride (pixels, 0 = the model's)", number.Type.Integer, 0,
+                                 minValue=0, maxValue=4096))
+        self.addParameter(QgsProcessingParameterBoolean(self.TTA, "Flip test-time augmentation", False))
         for param in (
+            QgsProcessingParameterString(self.SERVER_KEY, "Remote worker's public key (server.key file or z85)",
+                                         "", optional=True),
+            QgsProcessingParameterFile(self.CLIENT_KEY, "This client's secret key file (.key_secret)",
+                                       optional=True),
+            QgsProcessingParameterAuthConfig(self.AUTHCFG, "Authentication configuration with the CURVE keys",
+                                             "", optional=True),
             QgsProcessingParameterString(self.WORKER_PYTHON, "Python for a local worker (needs torch)", "",
                                          optional=True),
             QgsProcessingParameterEnum(self.DEVICE, "Device for a local worker", list(DEVICES), defaultValue=0),
-        ):
-            param.setFlags(param.flags() | advanced)
-            self.addParameter(param)
-        self.addParameter(QgsProcessingParameterNumber(
-            self.PATCH, "Patch size (pixels)", QgsProcessingParameterNumber.Integer, DEFAULT_PATCH,
-            minValue=32, maxValue=4096))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.STRIDE, "Stride (pixels)", QgsProcessingParameterNumber.Integer, DEFAULT_STRIDE,
-            minValue=1, maxValue=4096))
-        for param in (
+            number(self.CHUNK_SIZE, "Chunk size (pixels, 0 = the worker's)", number.Type.Integer, 0, minValue=0),
+            number(self.BATCH_SIZE, "Batch size of a local worker (0 = its default)", number.Type.Integer, 0,
+                   minValue=0, maxValue=256),
             QgsProcessingParameterString(self.BANDS, "Bands for red, green, blue (e.g. 4,3,2)", "", optional=True),
             QgsProcessingParameterEnum(self.SCALING, "Scaling of non-8-bit bands to 0–255", list(SCALING_LABELS),
                                        defaultValue=0),
         ):
-            param.setFlags(param.flags() | advanced)
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Classes"))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT_VECTOR, "Objects (polygons)", QgsProcessing.TypeVectorPolygon, optional=True,
+            self.OUTPUT_VECTOR, "Objects (polygons)", QgsProcessing.SourceType.TypeVectorPolygon, optional=True,
+            createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_CONFIDENCE, "Confidence (probability of the chosen class)", optional=True,
             createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber(self.FEATURE_COUNT, "Number of polygons"))
         self.addOutput(QgsProcessingOutputString(self.STATISTICS, "Per-class statistics (JSON)"))
+        self.addOutput(QgsProcessingOutputString(self.SUMMARY, "Summary"))
 
     def prepareAlgorithm(self, parameters, context: QgsProcessingContext, feedback) -> bool:  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -188,31 +186,22 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             if source is None:
                 raise QgsProcessingException("The area-of-interest layer (MASK) cannot be opened.")
             aoi, aoi_crs = [f.geometry() for f in source.getFeatures()], source.sourceCrs()
-        endpoint = (self.parameterAsString(parameters, self.WORKER, context) or "").strip()
-        local = None
-        if not endpoint:
-            model = self.parameterAsFile(parameters, self.MODEL, context)
-            python = (self.parameterAsString(parameters, self.WORKER_PYTHON, context) or "").strip()
-            device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-            local = LocalWorkerSpec(python or PluginSettings.load().worker_python, model or "", device)
-            if not model:
-                raise QgsProcessingException(
-                    "Give a WORKER endpoint (e.g. tcp://127.0.0.1:5555), or a MODEL to start a local worker.")
-        vector = self.parameterAsOutputLayer(parameters, self.OUTPUT_VECTOR, context) or None
+        integer = lambda key: self.parameterAsInt(parameters, key, context)  # noqa: E731
         try:
             self._request = prepare_job(
                 layer,
                 self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
-                WorkerTarget(endpoint, local),
+                self._target(parameters, context),
                 extent=extent,
                 extent_crs=extent_crs,
                 resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
                 resolution_units=RESOLUTION_UNITS[self.parameterAsEnum(parameters, self.RESOLUTION_UNITS, context)],
                 bands=self.parameterAsString(parameters, self.BANDS, context) or None,
                 scaling=SCALING_MODES[self.parameterAsEnum(parameters, self.SCALING, context)],
-                patch=self.parameterAsInt(parameters, self.PATCH, context),
-                stride=self.parameterAsInt(parameters, self.STRIDE, context),
-                vector_path=vector,
+                patch=integer(self.PATCH), stride=integer(self.STRIDE), chunk_size=integer(self.CHUNK_SIZE),
+                tta=self.parameterAsBool(parameters, self.TTA, context),
+                vector_path=self.parameterAsOutputLayer(parameters, self.OUTPUT_VECTOR, context) or None,
+                confidence_path=self.parameterAsOutputLayer(parameters, self.OUTPUT_CONFIDENCE, context) or None,
                 statistics=True,
                 context=context.transformContext(),
                 aoi=aoi,
@@ -221,6 +210,28 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         except FactSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
         return True
+
+    def _target(self, parameters, context: QgsProcessingContext) -> WorkerTarget:
+        """Where to run: the endpoint (with its CURVE keys, if any), else a local worker for MODEL."""
+        text = lambda key: (self.parameterAsString(parameters, key, context) or "").strip()  # noqa: E731
+        endpoint = text(self.WORKER)
+        if endpoint:
+            try:
+                keys = resolve_keys(text(self.SERVER_KEY), self.parameterAsFile(parameters, self.CLIENT_KEY, context),
+                                    text(self.AUTHCFG))
+            except FactSegError as exc:
+                raise QgsProcessingException(str(exc)) from exc
+            if keys is None:
+                return WorkerTarget(endpoint)
+            return WorkerTarget(endpoint, server_key=keys.server_public, client_keys=keys.client_keys)
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        if not model:
+            raise QgsProcessingException(
+                "Give a WORKER endpoint (e.g. tcp://127.0.0.1:5555), or a MODEL to start a local worker.")
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        python = text(self.WORKER_PYTHON) or PluginSettings.load().worker_python
+        batch = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        return WorkerTarget(local=LocalWorkerSpec(python, model, device, batch))
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
         request, self._request = self._request, None
@@ -235,14 +246,26 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             )
         except FactSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        self._result = result
+        for key in (self.OUTPUT, self.OUTPUT_VECTOR, self.OUTPUT_CONFIDENCE):
+            # register the outputs to load on *this* context: off the main thread it is Processing's thread
+            # context, whose results replace the caller's when the run is post-processed
+            self.parameterAsOutputLayer(parameters, key, context)
         feedback.pushInfo(f"Classes: {format_statistics(result.statistics)}")
-        output = str(result.raster_path)
-        if context.willLoadLayerOnCompletion(output):
-            details = context.layerToLoadOnCompletionDetails(output)
-            details.setPostProcessor(ClassLayerStyler.create(result.classes))
         return {
-            self.OUTPUT: output,
+            self.OUTPUT: str(result.raster_path),
             self.OUTPUT_VECTOR: str(result.vector_path) if result.vector_path else None,
+            self.OUTPUT_CONFIDENCE: str(result.confidence_path) if result.confidence_path else None,
             self.FEATURE_COUNT: result.feature_count,
             self.STATISTICS: json.dumps(result.statistics),
+            self.SUMMARY: summary(result),
         }
+
+    def postProcessAlgorithm(self, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
+        """Main thread, after the run: give the outputs Processing will load this run's stylers."""
+        result, self._result = self._result, None
+        if result is not None:
+            attach_stylers(context, {"raster": str(result.raster_path),
+                                     "vector": str(result.vector_path) if result.vector_path else None},
+                           result.classes)
+        return {}

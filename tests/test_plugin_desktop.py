@@ -1,0 +1,117 @@
+"""The plugin in the real QGIS desktop window (Xvfb), as an analyst meets it: installed from the built zip into a
+fresh profile, the Segment Layer action opens the dialog, a job runs through it against a real CURVE worker on
+tcp loopback, and the map QGIS renders is checked — on background pixels it is the imagery (mean change < 8/255),
+on object pixels it differs clearly (> 40/255); the polygons are categorized by class. processing.runAndLoadResults
+in the same desktop gives the same styling. Screenshots of the dialog and of the result are saved (README/docs:
+FACTSEG_SCREENSHOTS=DIR copies them there).
+"""
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+from plugin_support import (
+    UTM_GT,
+    build_plugin_zip,
+    imagery,
+    mixed_checkpoint,
+    start_curve_worker,
+    unpack_plugin,
+    write_geotiff,
+)
+
+pytestmark = pytest.mark.qgis
+DRIVER = REPO_ROOT / "tests" / "desktop_driver.py"
+QGIS = "/usr/bin/qgis"
+TIMEOUT_S = 240
+
+
+def fresh_profile(root: Path, zip_path: Path) -> Path:
+    """A profiles folder with one 'default' profile: the zip's plugin installed and enabled in QGIS3.ini."""
+    profile = root / "profiles" / "default"
+    unpack_plugin(zip_path, profile / "python" / "plugins")
+    ini = configparser.ConfigParser()
+    ini.optionxform = str
+    ini["PythonPlugins"] = {"factseg": "true", "processing": "true"}
+    ini["qgis"] = {"checkVersion": "false", "showTips322": "false", "allowVersionCheck": "false"}
+    ini["migration"] = {"firstRunVersionFlag": "32200", "settings": "true"}
+    ini["app"] = {"plugin_installer\\checkOnStart": "false"}
+    (profile / "QGIS").mkdir(parents=True)
+    with open(profile / "QGIS" / "QGIS3.ini", "w", encoding="utf-8") as handle:
+        ini.write(handle, space_around_delimiters=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def desktop_run(tiny_model, tmp_path_factory):
+    if shutil.which("xvfb-run") is None or not Path(QGIS).exists():
+        pytest.skip("the desktop test needs xvfb-run (apt-get install xvfb) and the QGIS desktop")
+    tmp = tmp_path_factory.mktemp("desktop")
+    pixels = imagery()
+    image = write_geotiff(tmp / "imagery.tif", pixels, UTM_GT, 32633)
+    checkpoint = mixed_checkpoint(tiny_model, pixels, tmp / "mixed.pt")
+    worker, keys = start_curve_worker(checkpoint, tmp / "keys")
+    profiles = fresh_profile(tmp / "qgis", build_plugin_zip(tmp))
+    config = {"endpoint": worker.endpoint, "server_key": str(keys["server_public"]),
+              "client_key": str(keys["client_secret"]), "image": str(image), "patch": 128, "stride": 64,
+              "output": str(tmp / "classes.tif"), "output2": str(tmp / "classes2.tif"),
+              "vector2": str(tmp / "objects2.gpkg"), "dialog_png": str(tmp / "dialog.png"),
+              "result_png": str(tmp / "result.png"), "results": str(tmp / "results.json"), "timeout_s": 150}
+    (tmp / "config.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("QT_QPA_PLATFORM", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(FACTSEG_DESKTOP_CONFIG=str(tmp / "config.json"), HOME=str(tmp), PATH="/usr/bin:/bin")
+    command = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", QGIS, "--nologo", "--noversioncheck",
+               "--profiles-path", str(profiles), "--authdbdirectory", str(tmp / "auth"), "--code", str(DRIVER)]
+    (tmp / "auth").mkdir()
+    try:
+        done = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT_S)
+    finally:
+        worker.stop()
+    assert (tmp / "results.json").is_file(), f"QGIS wrote no results (exit {done.returncode}):\n{done.stderr[-3000:]}"
+    results = json.loads((tmp / "results.json").read_text())
+    assert "exception" not in results, results["exception"]
+    target = os.environ.get("FACTSEG_SCREENSHOTS")
+    if target:
+        for name in ("dialog.png", "result.png"):
+            shutil.copy(tmp / name, Path(target) / f"desktop_{name}")
+    return results, tmp
+
+
+def test_action_opens_dialog_and_check_worker_is_authenticated(desktop_run):
+    results, tmp = desktop_run
+    assert results["plugin_loaded"] and "/profiles/default/python/plugins/factseg/" in results["plugin_file"]
+    assert results["action_found"] and results["dialog_visible"]
+    assert results["check_answered"] and "CURVE-authenticated" in results["check_label"]
+    assert (tmp / "dialog.png").stat().st_size > 10_000
+
+
+def test_dialog_job_renders_legibly_over_the_imagery(desktop_run):
+    results, tmp = desktop_run
+    assert results["dialog_error"] == "" and results["run_finished"] and results["run_error"] is None
+    assert results["summary"] and "px in" in results["summary"]
+    render = results["dialog_render"]
+    assert 0.3 < render["background_share"] < 0.95 and render["object_share"] > 0.03, render
+    assert render["background_change"] < 8.0, render  # the imagery shows through the background
+    assert render["object_change"] > 40.0, render  # objects stand out
+    style = results["dialog_raster_style"]
+    assert style["type"] == "paletted" and all(label and not label.isdigit() for _, label, _ in style["classes"])
+    assert 0 not in [value for value, _, _ in style["classes"]]
+    vector = results["dialog_vector_style"]
+    assert vector["type"] == "categorizedSymbol" and vector["field"] == "class_id"
+    assert set(render["classes_present"]) <= {value for value, _, _ in vector["categories"]}
+    assert (tmp / "result.png").stat().st_size > 50_000
+
+
+def test_processing_run_and_load_results_styles_the_same(desktop_run):
+    results, _ = desktop_run
+    assert results["processing_raster_style"] == results["dialog_raster_style"]
+    assert results["processing_vector_style"] == results["dialog_vector_style"]
+    render = results["processing_render"]
+    assert render["background_change"] < 8.0 and render["object_change"] > 40.0, render
