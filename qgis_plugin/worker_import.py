@@ -30,6 +30,8 @@ protocol = _worker_module("client.protocol")
 raster_output = _worker_module("io.raster_output")
 vectorize = _worker_module("io.vectorize")
 outputs = _worker_module("io.outputs")
+training_export = _worker_module("io.training_export")
+training_client = _worker_module("client.training_client")
 
 WorkerClient = client.WorkerClient
 LocalWorker = client.LocalWorker
@@ -45,3 +47,6 @@ polygonize_classes = vectorize.polygonize_classes
 OutputSet = outputs.OutputSet
 OutputPathError = outputs.OutputPathError
 check_output_paths = outputs.check_output_paths
+RemoteTraining = training_client.RemoteTraining
+TrainingCancelled = training_client.TrainingCancelled
+TrainingProgress = training_client.TrainingProgress

@@ -37,21 +37,22 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from worker.io.training_export import (
-    IGNORE_ID,
-    ExportError,
-    LabelRasterizer,
-    TrainingDataWriter,
-    build_class_table,
-    plan_tiles,
-)
-
 from ..aoi import PolygonMask, union_of
 from ..errors import FactSegError
 from ..grid import OutputGrid, plan_grid
 from ..plugin_info import ICON_PATH
 from ..raster_reading import RasterReader, parse_bands
-from ..settings import DEFAULT_PATCH, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
+from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
+from ..worker_import import training_export
+
+IGNORE_ID = training_export.IGNORE_ID
+ExportError = training_export.ExportError
+LabelRasterizer = training_export.LabelRasterizer
+TrainingDataWriter = training_export.TrainingDataWriter
+build_class_table = training_export.build_class_table
+plan_tiles = training_export.plan_tiles
+#: Default tile side: the reference window of FactSeg (factseg_core.config.PATCH_SIZE, which QGIS cannot import).
+EXPORT_PATCH = 896
 
 UNIT_LABELS = ("Map units of the layer's CRS", "Centimetres per pixel (ground sampling distance)")
 
@@ -60,8 +61,8 @@ class _Labels:
     """The labelled polygons in the raster's CRS, with their class ids, and the class table they make."""
 
     def __init__(self, source, field: str, crs: QgsCoordinateReferenceSystem, context: QgsProcessingContext) -> None:
-        if source.wkbType() != QgsWkbTypes.Unknown and QgsWkbTypes.geometryType(
-                source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+        if source.wkbType() != QgsWkbTypes.Type.Unknown and QgsWkbTypes.geometryType(
+                source.wkbType()) != QgsWkbTypes.GeometryType.PolygonGeometry:
             raise FactSegError("The LABELS layer must hold polygons.")
         index = source.fields().lookupField(field)
         if index < 0:
@@ -111,7 +112,7 @@ def _transform_to(source_crs, target_crs, context, what: str) -> QgsCoordinateTr
 
 
 def _wkt(crs: QgsCoordinateReferenceSystem) -> str:
-    return crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) if crs.isValid() else ""
+    return crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL) if crs.isValid() else ""
 
 
 def _tile_stem(name: str) -> str:
@@ -178,28 +179,28 @@ class ExportTrainingDataAlgorithm(QgsProcessingAlgorithm):
         return ExportTrainingDataAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
-        advanced = QgsProcessingParameterDefinition.FlagAdvanced
+        advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer"))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.LABELS, "Labelled polygons", [QgsProcessing.TypeVectorPolygon]))
+            self.LABELS, "Labelled polygons", [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, "Class field (names or integer ids)", parentLayerParameterName=self.LABELS))
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, "Extent (default: the labels' bounding box)", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI, "Labelled area (polygons): pixels outside are ignored", [QgsProcessing.TypeVectorPolygon],
+            self.AOI, "Labelled area (polygons): pixels outside are ignored", [QgsProcessing.SourceType.TypeVectorPolygon],
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.RESOLUTION, "Resolution (0 = the layer's native resolution)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PATCH, "Patch size (pixels)", QgsProcessingParameterNumber.Integer, DEFAULT_PATCH,
+            self.PATCH, "Patch size (pixels)", QgsProcessingParameterNumber.Type.Integer, EXPORT_PATCH,
             minValue=32, maxValue=4096))
         self.addParameter(QgsProcessingParameterNumber(
             self.STRIDE, "Stride between patches (0 = the patch size: no overlap)",
-            QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=4096))
+            QgsProcessingParameterNumber.Type.Integer, 0, minValue=0, maxValue=4096))
         self.addParameter(QgsProcessingParameterNumber(
-            self.VAL_FRACTION, "Share of the area kept for validation", QgsProcessingParameterNumber.Double, 0.2,
+            self.VAL_FRACTION, "Share of the area kept for validation", QgsProcessingParameterNumber.Type.Double, 0.2,
             minValue=0.0, maxValue=0.9))
         for param in (
             QgsProcessingParameterEnum(self.RESOLUTION_UNITS, "Resolution units", list(UNIT_LABELS), defaultValue=0),

@@ -1,5 +1,5 @@
-"""Processing provider ``factseg``: makes ``factseg:segment`` and ``factseg:export_training_data`` available to the toolbox, batch mode, the model
-builder, ``processing.run`` and ``qgis_process``."""
+"""Processing provider ``factseg``: makes ``factseg:segment``, ``factseg:export_training_data`` and
+``factseg:train`` available to the toolbox, batch mode, the model builder, ``processing.run`` and ``qgis_process``."""
 from __future__ import annotations
 
 from qgis.core import QgsProcessingProvider

@@ -26,13 +26,18 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from worker.client import WorkerClient
-from worker.client.protocol import RemoteError, WorkerError, WorkerUnavailable
-from worker.client.training_client import RemoteTraining, TrainingCancelled, TrainingProgress
-
 from ..local_workers import LocalWorkerSpec, local_endpoint, release
 from ..plugin_info import ICON_PATH
 from ..settings import DEVICES, PluginSettings
+from ..worker_import import (
+    RemoteError,
+    RemoteTraining,
+    TrainingCancelled,
+    TrainingProgress,
+    WorkerClient,
+    WorkerError,
+    WorkerUnavailable,
+)
 
 #: Seconds to wait for any one reply (uploading a piece, a status poll); training itself may take hours.
 CALL_TIMEOUT_S = 120.0
@@ -88,11 +93,11 @@ class TrainAlgorithm(QgsProcessingAlgorithm):
         return TrainAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
-        advanced = QgsProcessingParameterDefinition.FlagAdvanced
+        advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
         self.addParameter(QgsProcessingParameterFile(
-            self.DATA, "Training data folder (from Export training data)", QgsProcessingParameterFile.Folder))
+            self.DATA, "Training data folder (from Export training data)", QgsProcessingParameterFile.Behavior.Folder))
         self.addParameter(QgsProcessingParameterNumber(
-            self.ITERATIONS, "Iterations", QgsProcessingParameterNumber.Integer, 2000, minValue=1, maxValue=1_000_000))
+            self.ITERATIONS, "Iterations", QgsProcessingParameterNumber.Type.Integer, 2000, minValue=1, maxValue=1_000_000))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_MODEL, "Fine-tuned model", "PyTorch checkpoint (*.pt)"))
         self.addParameter(QgsProcessingParameterFile(
