@@ -672,6 +672,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                         help="mixed precision (torch backend): bf16/fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX; "
                              "faster, approximate (off by default: results then match the reference exactly)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8", "auto"),
+                        help="fp32 exact (default); bf16/fp16 autocast; int8 the calibrated CPU model; auto the fastest "
+                             "measured here that agrees ≥99.5%% with fp32, never slower than fp32")
+    parser.add_argument("--calibrate", nargs="+", default=None, metavar="IMAGE",
+                        help="rasters/images (or folders) to calibrate the int8 model on; cached next to the model")
+    parser.add_argument("--probe", action="store_true", help="print each precision's speed and agreement here, exit")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="default chunk side for plans")
     parser.add_argument("--max-message-mb", type=float, default=P.DEFAULT_LIMITS.max_frame_bytes / 2**20,
                         help="largest array frame accepted")
@@ -697,9 +703,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
+    from factseg_core.precision import prepare_worker_model, probe_report
+    from worker.io.raster_source import RasterSource
+
     try:
+        if args.probe:
+            print(probe_report(args.model, args.backend, args.device, args.calibrate, RasterSource))
+            return 0
         if args.amp and args.backend != "torch":
             parser.error("--amp applies to the torch backend only")
+        args.model, args.backend, args.amp = prepare_worker_model(
+            args.model, args.backend, args.device, args.precision, args.amp, args.calibrate, RasterSource,
+            log=lambda text: print(f"worker: {text}", file=sys.stderr))
         engine = Engine(args.model, backend=args.backend, device=args.device, batch_size=args.batch_size,
                         amp=args.amp)
     except Exception as exc:
