@@ -155,6 +155,15 @@ def float_tail(model) -> list[str]:
     return sorted(keep)
 
 
+def float_nodes(model) -> list[str]:
+    """Nodes left in float32: the :func:`float_tail` and every Resize (FPN/decoder upsampling).
+
+    onnxruntime's uint8 Resize is slower than its float one: keeping them float measured 3.05× vs 2.97× the
+    torch engine on one thread (3.22× vs 2.79× on two) for the demo model, with the same agreement.
+    """
+    return sorted(set(float_tail(model)) | {n.name for n in model.graph.node if n.op_type == "Resize"})
+
+
 def quantize_onnx(source: str | Path, target: str | Path, windows: list[np.ndarray],
                   options: QuantizeOptions = QuantizeOptions(), extra_metadata: dict | None = None) -> Path:
     """Quantize the float ONNX ``source`` into ``target`` (atomically), calibrated on ``windows``."""
@@ -172,7 +181,7 @@ def quantize_onnx(source: str | Path, target: str | Path, windows: list[np.ndarr
             str(prepared), str(staged), _Reader(model.graph.input[0].name, windows),
             quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
             per_channel=options.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_tail(model),
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_nodes(model),
             extra_options={"CalibStridedMinMax": 1},
         )
         quantized = onnx.load(str(staged))
@@ -225,4 +234,4 @@ def calibrate(model_path: str | Path, images: Iterable[Any], options: QuantizeOp
 
 
 __all__ = ["CalibrationNeeded", "QuantizeOptions", "cache_path", "cached_int8", "calibrate", "calibration_windows",
-           "file_sha256", "float_tail", "quantize_onnx"]
+           "file_sha256", "float_nodes", "float_tail", "quantize_onnx"]

@@ -57,7 +57,7 @@ def test_probe_with_injected_timings_picks_fp32_where_bf16_is_slower(tiny_model)
 
     class Slow(TorchRunner):  # a real runner that takes longer per call, as bf16 does on this Xeon
         def __call__(self, batch):
-            time.sleep(0.05)
+            time.sleep(0.3)  # far above one 64² window here, whatever the load
             return super().__call__(batch)
 
     runners = {"fp32": TorchRunner(tiny_model, device="cpu"), "bf16": Slow(tiny_model, device="cpu", amp="bf16")}

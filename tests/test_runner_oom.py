@@ -32,8 +32,8 @@ def _batch(n: int) -> torch.Tensor:
 
 def test_halves_the_batch_retries_and_remembers(tiny_model):
     exact = TorchRunner(tiny_model, device="cpu", max_batch=8)
-    failing = FailsAbove(tiny_model, limit=2)
-    runner = TorchRunner(failing, device="cpu", max_batch=8)
+    runner = TorchRunner(FailsAbove(tiny_model, limit=2), device="cpu", max_batch=8)
+    failing = runner.model  # the runner converts a copy (channels_last)
     x = _batch(5)
     got = runner(x)
     assert failing.sizes == [5, 2, 2, 1]  # 5 fails, then parts of 5 // 2 = 2 windows
