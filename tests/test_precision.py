@@ -1,9 +1,11 @@
 """Precision choices: ``auto`` takes the fastest measured path that agrees with fp32, never one slower than fp32."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
+import torch
 
 from factseg_core import save_checkpoint
 from factseg_core.backends import TorchRunner
@@ -57,8 +59,10 @@ def test_probe_with_injected_timings_picks_fp32_where_bf16_is_slower(tiny_model)
 
     class Slow(TorchRunner):  # a real runner that takes longer per call, as bf16 does on this Xeon
         def __call__(self, batch):
-            time.sleep(0.3)  # far above one 64² window here, whatever the load
-            return super().__call__(batch)
+            t0 = time.perf_counter()
+            out = super().__call__(batch)
+            time.sleep(5 * (time.perf_counter() - t0) + 0.1)  # 6× its own compute: slower whatever the load
+            return out
 
     runners = {"fp32": TorchRunner(tiny_model, device="cpu"), "bf16": Slow(tiny_model, device="cpu", amp="bf16")}
     measured = probe("unused", device="cpu", precisions=["fp32", "bf16"], make=runners.__getitem__, side=64)
@@ -74,7 +78,10 @@ def test_auto_caches_its_probe_per_model_contents(tiny_checkpoint, tiny_model, t
     assert json.loads(cache.read_text()) == first and first["choice"] in ("fp32", "bf16")
     stamp = cache.stat().st_mtime_ns
     assert auto_precision(model, device="cpu", side=64) == first and cache.stat().st_mtime_ns == stamp
-    save_checkpoint(tiny_model.half().float(), model)  # other contents: probed again
+    changed = copy.deepcopy(tiny_model)  # never modify the session's fixture
+    with torch.no_grad():
+        changed.fg_head.bias.add_(0.01)
+    save_checkpoint(changed, model)  # other contents: probed again
     assert auto_precision(model, device="cpu", side=64)["key"]["model_sha256"] != first["key"]["model_sha256"]
 
 
