@@ -26,11 +26,11 @@ if [ "$MODE" = "cuda" ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cu
 fi
 
 if [ "$MODE" = "cuda" ]; then
-    DEVICE=cuda; SIZES=2048,8192; BACKBONE=resnet50; STEPS=5; ITERS=20; TEST_TIMEOUT=240
+    DEVICE=cuda; SIZES=2048,8192; BACKBONE=resnet50; STEPS=5; ITERS=20; TEST_TIMEOUT=300; TRAIN_SIZE=896
     PATHS=reference,torch,torch-bf16,torch-fp16
     "$PY" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"# GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}")'
 else
-    DEVICE=cpu; SIZES=1024; BACKBONE=resnet18; STEPS=1; ITERS=2; TEST_TIMEOUT=120
+    DEVICE=cpu; SIZES=1024; BACKBONE=resnet18; STEPS=1; ITERS=2; TEST_TIMEOUT=300; TRAIN_SIZE=256
     PATHS=reference,torch
     echo "# CPU plumbing run: tiny sizes, ResNet-18; figures say nothing about a GPU"
 fi
@@ -67,7 +67,7 @@ step inference "$OUT/sliding.log" timeout 300 "$PY" bench/sliding.py --device "$
 
 # 3. a training step, fp32 and AMP
 step train-step "$OUT/train_step.log" timeout 180 "$PY" bench/train_step.py --device "$DEVICE" --modes fp32,amp \
-    --backbone "$BACKBONE" --steps "$STEPS" --json "$OUT/train_step.json"
+    --backbone "$BACKBONE" --size "$TRAIN_SIZE" --steps "$STEPS" --json "$OUT/train_step.json"
 
 # 4. one-GPU torchrun smoke of the real training script on generated data
 step synthetic-data "$OUT/synthetic.log" "$PY" -m training.synthetic --out "$OUT/data" --train 2 --val 1 --size 128 \
