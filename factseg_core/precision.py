@@ -258,8 +258,15 @@ def prepare_worker_model(model: str, backend: str, device: str, precision: str =
 
 def probe_report(model: str, backend: str, device: str, calibrate_paths: list[str] | None = None,
                  open_image: Callable[[str], Any] | None = None) -> str:
-    """``python -m worker --probe``: every precision timed and compared with fp32 here, and auto's choice."""
+    """``python -m worker --probe``: every precision timed and compared with fp32 here, and auto's choice.
+
+    With ``--calibrate`` the int8 model is (re)calibrated first, on the same images the probe then crops.
+    """
+    from .quantize import calibrate
+
     images = calibration_sources(calibrate_paths, open_image) if calibrate_paths else None
+    if images is not None:
+        calibrate(model, images, sources=[str(p) for p in calibrate_paths or []])
     measurements = probe(model, backend, device, images)
     source = "the calibration images" if images else "a synthetic texture (pass --calibrate IMAGE for your imagery)"
     return f"probe on {PROBE_WINDOWS} windows of {PROBE_SIDE}² from {source}:\n" + format_probe(
