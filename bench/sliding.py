@@ -11,11 +11,16 @@ Paths, each measured in a fresh subprocess so its peak RSS is its own:
   (b) torch      this engine (factseg_core.streaming.stream_predict) on a TorchRunner: rows read from the
                  raster file in bands, batched windows, channels_last, accumulators of open rows only.
   (c) onnx       the same engine on onnxruntime (OnnxRunner, the exported FactSeg with CP fusion).
-  (d) torch-bf16 the engine on torch under bfloat16 autocast (opt-in ``--amp bf16`` of the worker: fast on CPUs
-                 with AVX512-BF16/AMX and on GPUs, approximate — its class agreement is printed).
+  (d) torch-bf16 the engine on torch under bfloat16 autocast (opt-in ``--precision bf16`` of the worker: fast on
+                 CPUs with AVX512-BF16/AMX and on GPUs, approximate — its class agreement is printed).
+  (e) onnx-int8  the engine on the statically quantized (QDQ, per-channel, u8/s8) ONNX model of
+                 factseg_core.quantize (``--precision int8``), calibrated on ``--calibrate`` images.
 All use the same FactSeg weights (``--model``, default: FactSeg-R50 with seeded random weights, since no
 trained weights ship with the repository; speed and memory do not depend on weight values) and the same
-synthetic RGB raster (a raw file on disk). Figures: megapixels of output per second, peak RSS, ratio to (a).
+RGB raster (a raw file on disk): ``--image`` tiled (mirrored) to the size, by default the demo scene when
+``--model`` is given and it exists, else a synthetic texture. Figures: megapixels of output per second, peak
+RSS, ratio to (a) and to (b), and ``agreement``: the fraction of pixels whose class equals (b)'s, the exact
+engine (with random weights agreement says little: measure a trained model with ``--model``).
 
 Compute bound: the machine's measured convolution throughput (GFLOP/s of a large 3×3 conv, measured by each
 child just before its run, so that other load on the machine affects bound and run alike) divided by the
@@ -52,6 +57,10 @@ from factseg_core.config import MEAN, STD  # noqa: E402
 from factseg_core.windows import window_grid  # noqa: E402
 
 HERE = Path(__file__).resolve()
+REPO = HERE.parent.parent
+ENGINE_PATHS = ("torch", "onnx", "torch-bf16", "torch-fp16", "onnx-int8")
+DEMO_SCENE = REPO / "demo_data" / "synthetic" / "scene" / "scene.tif"
+DEMO_TRAIN = REPO / "demo_data" / "synthetic" / "train" / "images"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -77,10 +86,28 @@ def synthetic_rows(y0: int, y1: int, width: int, seed: int = 0) -> np.ndarray:
     return np.stack([r, g, b], axis=-1).astype(np.uint8)
 
 
-def write_raster(path: Path, size: int) -> None:
+def read_image(path: str) -> np.ndarray:
+    """H×W×3 uint8 of an image or raster (GDAL; first three bands, grey repeated)."""
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    ds = gdal.Open(str(path))
+    bands = [ds.GetRasterBand(min(b, ds.RasterCount)).ReadAsArray() for b in (1, 2, 3)]
+    return np.stack(bands, axis=-1).astype(np.uint8)
+
+
+def write_raster(path: Path, size: int, image: np.ndarray | None = None) -> None:
+    """The synthetic texture, or ``image`` mirrored (reflected tiles) to size × size."""
     with open(path, "wb") as f:
         for y0 in range(0, size, 512):
-            f.write(synthetic_rows(y0, min(size, y0 + 512), size).tobytes())
+            y1 = min(size, y0 + 512)
+            if image is None:
+                f.write(synthetic_rows(y0, y1, size).tobytes())
+                continue
+            h, w = image.shape[:2]
+            rows = np.abs((np.arange(y0, y1) // h % 2) * (h - 1) - np.arange(y0, y1) % h)
+            cols = np.abs((np.arange(size) // w % 2) * (w - 1) - np.arange(size) % w)
+            f.write(np.ascontiguousarray(image[rows][:, cols]).tobytes())
 
 
 class RawRaster:
@@ -143,9 +170,9 @@ def child_reference(args) -> dict:
 def make_engine_runner(args):
     from factseg_core.backends import OnnxRunner, TorchRunner
 
-    if args.path == "onnx":
-        return OnnxRunner(args.onnx, device=args.device)
-    amp = "bf16" if args.path == "torch-bf16" else args.amp
+    if args.path in ("onnx", "onnx-int8"):
+        return OnnxRunner(args.onnx, device="cpu" if args.path == "onnx-int8" else args.device)
+    amp = {"torch-bf16": "bf16", "torch-fp16": "fp16"}.get(args.path, args.amp)
     return TorchRunner(make_model(args), device=args.device, amp=amp)
 
 
@@ -201,9 +228,9 @@ def child_memory(args) -> dict:
 
 def child_main(args) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
-    fn = {"reference": child_reference, "torch": child_engine, "onnx": child_engine, "torch-bf16": child_engine,
+    fn = {**{p: child_engine for p in ENGINE_PATHS}, "reference": child_reference,
           "memory-cheap": child_memory, "memory-real": child_memory}[args.path]
-    conv = conv_throughput(2.0) if args.path in ("reference", "torch", "onnx", "torch-bf16") else None
+    conv = conv_throughput(2.0) if args.path in ("reference", *ENGINE_PATHS) else None
     result = fn(args)
     result.update(peak_rss=peak_rss_bytes(), conv_gflops=conv, load_average=os.getloadavg()[0])
     print("RESULT " + json.dumps(result), flush=True)
@@ -253,13 +280,82 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def input_image(args) -> np.ndarray | None:
+    """The image tiled into the benchmark raster: ``--image``, else the demo scene for a trained model."""
+    path = args.image or (str(DEMO_SCENE) if args.model and DEMO_SCENE.is_file() else None)
+    if path is None:
+        return None
+    print(f"# input: {path} mirrored to each size")
+    return read_image(path)
+
+
+def quantize_for_bench(args, work: Path, image: np.ndarray | None) -> str:
+    """The int8 model of this run, calibrated on ``--calibrate`` (default: the demo training images)."""
+    from factseg_core.quantize import QuantizeOptions, calibration_windows, quantize_onnx
+
+    sources = [Path(p) for p in args.calibrate.split(",")] if args.calibrate else (
+        [DEMO_TRAIN] if args.model and DEMO_TRAIN.is_dir() else [])
+    files = [f for s in sources for f in (sorted(s.glob("*.png")) + sorted(s.glob("*.tif")) if s.is_dir() else [s])]
+    images = [read_image(str(f)) for f in files] or [image if image is not None else synthetic_rows(0, 1024, 1024)]
+    t0 = time.perf_counter()
+    target = work / "model.int8.onnx"
+    quantize_onnx(args.onnx_path, target, calibration_windows(images), QuantizeOptions())
+    what = f"{len(files)} file(s) from {', '.join(map(str, sources))}" if files else "crops of the input"
+    print(f"# quantized to int8 (QDQ, per-channel) in {time.perf_counter() - t0:.0f} s, calibrated on {what}")
+    return str(target)
+
+
+def measure_size(args, paths, size, work, image, gflops_window, conv_gflops, report) -> None:
+    """Every path at one size, side by side; agreement with the exact torch engine (else the first path)."""
+    raster = work / f"raster_{size}.raw"
+    if not raster.exists():
+        write_raster(raster, size, image)
+    windows = len(window_grid(size, size, args.patch, args.stride))
+    mp = size * size / 1e6
+    gflop_per_mp = windows * gflops_window / mp
+    rows = {}
+    for path in paths:
+        extra = ["--raster", str(raster), "--save", str(work / f"classes_{path}_{size}.raw")]
+        if path in ("onnx", "onnx-int8"):
+            extra += ["--onnx", args.int8_path if path == "onnx-int8" else args.onnx_path]
+        if path == "reference" and 16 * 4 * size * size * 1.1 > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
+            print(f"{size:>7} {path:<10} not run: its accumulators alone need {gib(17 * 4 * size * size)}")
+            continue
+        r = run_child(args, path, size, extra)
+        rows[path] = {"size": size, "path": path, "windows": windows, "mp_per_s": mp / r["seconds"],
+                      "bound_mp_per_s": r["conv_gflops"] / gflop_per_mp, **r}
+    base = "torch" if "torch" in rows else next(iter(rows), None)
+    exact = np.fromfile(work / f"classes_{base}_{size}.raw", np.uint8) if base else None
+    for path, row in rows.items():
+        ref, torch_row = rows.get("reference"), rows.get("torch")
+        row["ratio_to_reference"] = row["mp_per_s"] / ref["mp_per_s"] if ref else None
+        row["ratio_to_torch"] = row["mp_per_s"] / torch_row["mp_per_s"] if torch_row else None
+        row["fraction_of_bound"] = row["mp_per_s"] / row["bound_mp_per_s"]
+        row["agreement"] = float((np.fromfile(work / f"classes_{path}_{size}.raw", np.uint8) == exact).mean())
+        row["agreement_with"] = base
+        report["results"].append(row)
+        fmt = lambda v, w: f"{v:{w}.2f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
+        print(f"{size:>7} {path:<10} {windows:>7} {row['seconds']:>8.1f} {row['mp_per_s']:>7.3f} "
+              f"{fmt(row['ratio_to_reference'], 6)} {fmt(row['ratio_to_torch'], 7)} {row['bound_mp_per_s']:>7.3f} "
+              f"{100 * row['fraction_of_bound']:>6.0f}% {gib(row['peak_rss']):>10} {100 * row['agreement']:>8.3f}% "
+              f"{row['load_average']:>5.1f}", flush=True)
+    print(f"{size:>7} compute bound = conv GFLOP/s / {gflop_per_mp:.0f} GFLOP per output MP ({windows} windows × "
+          f"{gflops_window:.0f} GFLOP / {mp:.2f} MP); {conv_gflops:.0f} GFLOP/s measured at start → "
+          f"{conv_gflops / gflop_per_mp:.3f} MP/s; agreement is with {base}" +
+          ("" if args.model else " (random weights: agreement is indicative only)"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="sliding-window inference benchmark", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__)
     p.add_argument("--sizes", default=None, help="comma-separated square sizes (default 2048,4096,8192; --quick: 2048)")
     p.add_argument("--quick", action="store_true", help="2k only, memory with the cheap runner only")
-    p.add_argument("--paths", default="reference,torch,onnx,torch-bf16",
-                   help="subset of reference,torch,onnx,torch-bf16")
+    p.add_argument("--paths", default="reference,torch,onnx,torch-bf16,onnx-int8",
+                   help="subset of reference,torch,onnx,torch-bf16,onnx-int8 and, on CUDA, torch-fp16")
+    p.add_argument("--image", default=None, help="raster tiled into the input (default: the demo scene with --model)")
+    p.add_argument("--calibrate", default=None,
+                   help="folder/image(s), comma-separated, to calibrate int8 on (default: the demo training images, "
+                        "else crops of the input)")
     p.add_argument("--model", default=None, help="checkpoint (default: FactSeg with seeded random weights)")
     p.add_argument("--backbone", default="resnet50", help="backbone of the random-weight model")
     p.add_argument("--patch", type=int, default=896)
@@ -304,53 +400,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# model {name}: {gflops_window:.0f} GFLOP per {args.patch}² window; "
           f"measured conv throughput {conv_gflops:.0f} GFLOP/s")
     report.update(model=name, gflop_per_window=gflops_window, conv_gflops=conv_gflops)
-    if "onnx" in paths:
+    image = input_image(args)
+    if {"onnx", "onnx-int8"} & set(paths):
         from factseg_core.onnx_export import export_onnx
 
         args.onnx_path = str(work / "model.onnx")
         t0 = time.perf_counter()
         export_onnx(model, args.onnx_path)
         print(f"# exported ONNX in {time.perf_counter() - t0:.0f} s")
+    if "onnx-int8" in paths:
+        args.int8_path = quantize_for_bench(args, work, image)
     del model
 
-    header = (f"{'size':>7} {'path':<10} {'windows':>7} {'seconds':>8} {'MP/s':>7} {'× ref':>6} {'bound':>7} "
-              f"{'% bound':>7} {'peak RSS':>10} {'load':>5}")
+    header = (f"{'size':>7} {'path':<10} {'windows':>7} {'seconds':>8} {'MP/s':>7} {'× ref':>6} {'× torch':>7} "
+              f"{'bound':>7} {'% bound':>7} {'peak RSS':>10} {'agreement':>9} {'load':>5}")
     print(header)
     for size in sizes if paths else []:
-        raster = work / f"raster_{size}.raw"
-        if not raster.exists():
-            write_raster(raster, size)
-        windows = len(window_grid(size, size, args.patch, args.stride))
-        mp = size * size / 1e6
-        gflop_per_mp = windows * gflops_window / mp
-        ref_mps = None
-        saved = {}
-        for path in paths:
-            extra = ["--raster", str(raster), "--save", str(work / f"classes_{path}_{size}.raw")]
-            if path == "onnx":
-                extra += ["--onnx", args.onnx_path]
-            if path == "reference" and 16 * 4 * size * size * 1.1 > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
-                print(f"{size:>7} {path:<10} not run: its accumulators alone need {gib(17 * 4 * size * size)}")
-                continue
-            r = run_child(args, path, size, extra)
-            mps = mp / r["seconds"]
-            bound_mps = r["conv_gflops"] / gflop_per_mp  # conv throughput measured by that child, just before
-            ref_mps = mps if path == "reference" else ref_mps
-            ratio = f"{mps / ref_mps:6.2f}" if ref_mps else "     -"
-            print(f"{size:>7} {path:<10} {windows:>7} {r['seconds']:>8.1f} {mps:>7.3f} {ratio} {bound_mps:>7.3f} "
-                  f"{100 * mps / bound_mps:>6.0f}% {gib(r['peak_rss']):>10} {r['load_average']:>5.1f}", flush=True)
-            saved[path] = work / f"classes_{path}_{size}.raw"
-            report["results"].append({"size": size, "path": path, "windows": windows, "mp_per_s": mps,
-                                      "ratio_to_reference": mps / ref_mps if ref_mps else None,
-                                      "fraction_of_bound": mps / bound_mps, **r})
-        if len(saved) > 1:
-            base = np.fromfile(next(iter(saved.values())), np.uint8)
-            for path, f in list(saved.items())[1:]:
-                agree = float((np.fromfile(f, np.uint8) == base).mean())
-                print(f"{'':>7} class agreement {path} vs {next(iter(saved))}: {100 * agree:.4f}%")
-        print(f"{size:>7} compute bound = conv GFLOP/s / {gflop_per_mp:.0f} GFLOP per output MP ({windows} windows × "
-              f"{gflops_window:.0f} GFLOP / {mp:.2f} MP); {conv_gflops:.0f} GFLOP/s measured at start → "
-              f"{conv_gflops / gflop_per_mp:.3f} MP/s")
+        measure_size(args, paths, size, work, image, gflops_window, conv_gflops, report)
 
     if args.fast_stride and "torch" in paths:
         size = sizes[0]

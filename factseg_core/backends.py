@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from .engine import WindowRunner
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: Key of the JSON metadata entry written into exported ONNX files (see :mod:`factseg_core.onnx_export`).
 ONNX_METADATA_KEY = "factseg"
+_LOG = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device = "auto") -> str:
@@ -80,6 +83,7 @@ class TorchRunner:
         if amp == "bf16" and self.device == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("amp='bf16' requested but this GPU has no bfloat16 support; use 'fp16'")
         self.amp = amp
+        self.precision = amp or "fp32"
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = True  # windows share one shape: let cuDNN pick its fastest kernels
         self.channels_last = True if channels_last is None else bool(channels_last)
@@ -108,9 +112,13 @@ class TorchRunner:
         """Probabilities (N×C×h×w float32) of a normalised batch already on :attr:`torch_device`, left there.
 
         On CUDA this only queues kernels: it returns before the GPU is done, which is what lets the engine
-        prepare the next batch on the host meanwhile.
+        prepare the next batch on the host meanwhile. Out of GPU memory, the batch is halved and retried
+        (see :func:`run_with_backoff`).
         """
         _check_batch(batch)
+        return run_with_backoff(self, batch, self._forward_once)
+
+    def _forward_once(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.amp is not None:
@@ -120,17 +128,16 @@ class TorchRunner:
             probs = self.model(batch)
         return probs.float().contiguous()
 
+    def _from_host(self, part: torch.Tensor) -> torch.Tensor:
+        if self.device == "cuda":
+            host = part.float().contiguous().pin_memory()
+            return self._forward_once(host.to(self.torch_device, non_blocking=True)).cpu()
+        return self._forward_once(part.float())
+
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         _check_batch(batch)
-        outputs = []
-        for part in _split(batch, self.max_batch):
-            if self.device == "cuda":
-                host = part.float().contiguous().pin_memory()
-                outputs.append(self.forward_device(host.to(self.torch_device, non_blocking=True)).cpu())
-            else:
-                outputs.append(self.forward_device(part.float()))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return run_with_backoff(self, batch, self._from_host)
 
 
 def _max_batch(max_batch: int | None, device: str) -> int | None:
@@ -151,6 +158,47 @@ def _split(batch: torch.Tensor, max_batch: int | None) -> list[torch.Tensor]:
     if max_batch is None or batch.shape[0] <= max_batch:
         return [batch]
     return list(torch.split(batch, max_batch))
+
+
+class OutOfDeviceMemory(MemoryError):
+    """Even one window does not fit in the device's memory: the request fails, the worker keeps serving."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failure, from torch (``torch.OutOfMemoryError``) or onnxruntime's CUDA provider."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "Failed to allocate memory" in text)
+
+
+def run_with_backoff(runner: Any, batch: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``forward`` over ``batch`` in parts of ``runner.max_batch``; out of memory, halve it and retry.
+
+    The batch size that worked stays in ``runner.max_batch`` (the worker reports it in ``info``), so later
+    requests start from it instead of failing again. Only when a single window does not fit does the call
+    fail, with :class:`OutOfDeviceMemory`.
+    """
+    while True:
+        try:
+            outputs = [forward(part) for part in _split(batch, runner.max_batch)]
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            del exc  # drop the traceback's references to the failed step's tensors before freeing
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            current = min(runner.max_batch or batch.shape[0], batch.shape[0])
+            if current <= 1:
+                where = "GPU" if runner.device == "cuda" else runner.device.upper()
+                raise OutOfDeviceMemory(
+                    f"the {where} ran out of memory for a single {batch.shape[2]}×{batch.shape[3]} window; "
+                    f"use a smaller patch size, free device memory or run on the CPU"
+                ) from None
+            runner.max_batch = current // 2
+            _LOG.warning("out of %s memory at %d windows per call: retrying with %d", runner.device, current,
+                         runner.max_batch)
 
 
 def _ort_providers(device: str) -> list[str]:
@@ -210,6 +258,7 @@ class OnnxRunner:
             raise ValueError(f"{path} has no '{ONNX_METADATA_KEY}' metadata: export it with training/export_onnx.py")
         self._check_normalisation(path)
         self.classes = classes_from_dicts(self.metadata["classes"])
+        self.precision = "int8" if self.metadata.get("quantization") else "fp32"
         self.num_classes = len(self.classes)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
@@ -236,19 +285,25 @@ class OnnxRunner:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         _check_batch(batch)
-        outputs = []
-        for part in _split(batch, self.max_batch):
-            x = np.ascontiguousarray(part.detach().cpu().numpy(), dtype=np.float32)
-            outputs.append(torch.from_numpy(self.session.run(None, {self.input_name: x})[0]))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return run_with_backoff(self, batch, self._run_once)
+
+    def _run_once(self, part: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(part.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
 
 
 def make_runner(model_path: str | Path, backend: str = "torch", device: str = "auto", **options: Any) -> WindowRunner:
     """A runner for a weight file: ``torch`` loads our checkpoint or the released factseg50.pth, ``onnx`` an export.
 
     ``options`` go to the runner (torch: amp, channels_last; onnx: threads). Both runners expose ``classes``
-    and ``model_info``.
+    and ``model_info``. ``precision`` (fp32, bf16, fp16, int8, auto) is resolved by
+    :func:`factseg_core.precision.precision_runner`: int8 runs the cached quantized ONNX of the model.
     """
+    precision = options.pop("precision", None)
+    if precision not in (None, "fp32"):
+        from .precision import precision_runner
+
+        return precision_runner(model_path, precision, backend=backend, device=device, **options)
     if backend == "torch":
         from .checkpoint import load_model
 
@@ -269,8 +324,11 @@ def runner_info(runner: WindowRunner) -> dict[str, Any]:
         "device": runner.device,
         "num_classes": runner.num_classes,
         "classes": classes_to_dicts(classes) if classes else None,
+        "precision": getattr(runner, "precision", "fp32"),
+        "max_batch": getattr(runner, "max_batch", None),
         **getattr(runner, "model_info", {}),
     }
 
 
-__all__ = ["OnnxRunner", "TorchRunner", "WindowRunner", "make_runner", "read_onnx_metadata", "resolve_device", "runner_info"]
+__all__ = ["OnnxRunner", "OutOfDeviceMemory", "TorchRunner", "WindowRunner", "make_runner", "read_onnx_metadata", "resolve_device", "run_with_backoff",
+           "runner_info", "is_out_of_memory"]

@@ -102,6 +102,7 @@ def test_export_cli_rejects_bad_checkpoint(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_torch_runner_matches_cpu(tiny_model):
     x = torch.randn(2, 3, 64, 96)

@@ -50,7 +50,13 @@ class Engine:
             "backend": str(getattr(self.runner, "name", self.backend)),
             "batch_size": self.batch_size,
             "amp": self.amp,
+            "precision": str(getattr(self.runner, "precision", "fp32")),
+            **self.live(),
         }
+
+    def live(self) -> dict[str, Any]:
+        """What changes while serving: the batch the runner settled on after an out-of-memory back-off."""
+        return {"max_batch": self.runner.max_batch}
 
     def plan_size(self, plan: PlanRequest) -> int:
         """Chunks in the plan of a resolved request, without building it."""

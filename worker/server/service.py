@@ -231,6 +231,7 @@ class Worker:
             "lease_s": DEFAULT_LEASE_S,
             "limits": self.limits.to_dict(),
             "pid": os.getpid(),
+            **self.engine.live(),
             **self.training.status_fields(),
         }
 
