@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
-from plugin_support import UTM_GT, scene, write_geotiff
+from plugin_support import UTM_GT, recording_feedback, registered_provider, scene, write_geotiff
 from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
 
 from worker.io.training_export import (
@@ -33,13 +33,7 @@ BOXES = [((20, 30, 50, 70), "vessel"), ((100, 40, 130, 60), "vehicle"), ((60, 20
 
 @pytest.fixture(scope="module")
 def provider(qgis_processing):
-    from qgis_plugin.processing_provider import FactSegProvider
-
-    registry = QgsApplication.processingRegistry()
-    prov = FactSegProvider()
-    assert registry.addProvider(prov)
-    yield prov
-    registry.removeProvider(prov)
+    yield from registered_provider()
 
 
 def _pixel_box(box, gt=UTM_GT):
@@ -68,16 +62,7 @@ def write_polygons(path: Path, boxes, epsg: int | None = 32633, field_type=ogr.O
     return path
 
 
-class RecordingFeedback(QgsProcessingFeedback):
-    """Keeps the algorithm's error messages (processing.run raises only a generic one)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors: list[str] = []
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        self.errors.append(error)
-        super().reportError(error, fatalError)
+RecordingFeedback = recording_feedback()
 
 
 def run_export(feedback=None, **params):

@@ -21,6 +21,7 @@ from plugin_support import (
     read_classes,
     recording_feedback,
     reference_classes,
+    registered_provider,
     scene,
     start_worker,
     unpack_plugin,
@@ -49,13 +50,7 @@ def worker_classes(worker):
 
 @pytest.fixture(scope="module")
 def provider(qgis_processing):
-    from qgis_plugin.processing_provider import FactSegProvider
-
-    registry = QgsApplication.processingRegistry()
-    prov = FactSegProvider()
-    assert registry.addProvider(prov)
-    yield prov
-    registry.removeProvider(prov)
+    yield from registered_provider()
 
 
 RecordingFeedback = recording_feedback()

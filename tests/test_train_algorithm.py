@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+from plugin_support import registered_provider
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
 from test_train_op import TINY_CONFIG, make_export
 from test_worker import free_tcp_endpoint, start_worker
 
@@ -11,13 +12,7 @@ pytestmark = pytest.mark.qgis
 
 @pytest.fixture(scope="module")
 def provider(qgis_processing):
-    from qgis_plugin.processing_provider import FactSegProvider
-
-    registry = QgsApplication.processingRegistry()
-    prov = FactSegProvider()
-    assert registry.addProvider(prov)
-    yield prov
-    registry.removeProvider(prov)
+    yield from registered_provider()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsGeometry,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -35,15 +34,14 @@ from qgis.core import (
     QgsRectangle,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..aoi import PolygonMask, union_of
 from ..errors import FactSegError
 from ..grid import OutputGrid, plan_grid
-from ..plugin_info import ICON_PATH
 from ..raster_reading import RasterReader, parse_bands
 from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
 from ..worker_import import training_export
+from .base import FactSegAlgorithm
 
 IGNORE_ID = training_export.IGNORE_ID
 ExportError = training_export.ExportError
@@ -119,8 +117,12 @@ def _tile_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "tile"
 
 
-class ExportTrainingDataAlgorithm(QgsProcessingAlgorithm):
+class ExportTrainingDataAlgorithm(FactSegAlgorithm):
     """Export image/mask patches and a class table from labelled polygons."""
+
+    NAME = "export_training_data"
+    TITLE = "Export training data from labelled polygons (FactSeg)"
+    TAGS = ("training", "labels", "fine-tuning", "dataset", "isaid")
 
     INPUT = "INPUT"
     LABELS = "LABELS"
@@ -143,24 +145,6 @@ class ExportTrainingDataAlgorithm(QgsProcessingAlgorithm):
         super().__init__()
         self._job: dict | None = None
 
-    def name(self) -> str:
-        return "export_training_data"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Export training data from labelled polygons (FactSeg)"
-
-    def group(self) -> str:
-        return ""
-
-    def groupId(self) -> str:  # noqa: N802
-        return ""
-
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
-
-    def tags(self) -> list[str]:
-        return ["training", "labels", "fine-tuning", "dataset", "isaid", "factseg"]
-
     def shortHelpString(self) -> str:  # noqa: N802
         return (
             "Cuts the raster layer into image patches with class masks painted from the LABELS polygons, in the "
@@ -174,9 +158,6 @@ class ExportTrainingDataAlgorithm(QgsProcessingAlgorithm):
             "part) kept for validation.\n"
             "OUTPUT: a new or empty folder; it appears only when the export is complete."
         )
-
-    def createInstance(self) -> ExportTrainingDataAlgorithm:  # noqa: N802
-        return ExportTrainingDataAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced

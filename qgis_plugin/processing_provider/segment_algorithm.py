@@ -10,7 +10,6 @@ import json
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -29,21 +28,24 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..curve import resolve_keys
 from ..errors import FactSegError
 from ..job import JobRequest, JobResult, WorkerTarget, format_statistics, prepare_job, run_job, summary
 from ..local_workers import LocalWorkerSpec
-from ..plugin_info import ICON_PATH
 from ..settings import DEVICES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
+from .base import FactSegAlgorithm
 from .post_processing import attach_stylers
 
 UNIT_LABELS = ("Map units of the layer's CRS", "Centimetres per pixel (ground sampling distance)")
 
 
-class SegmentAlgorithm(QgsProcessingAlgorithm):
+class SegmentAlgorithm(FactSegAlgorithm):
     """Segment a raster layer with FactSeg."""
+
+    NAME = "segment"
+    TITLE = "Segment raster layer (FactSeg)"
+    TAGS = ("segmentation", "deep learning", "isaid", "small objects", "vehicles", "ships")
 
     INPUT = "INPUT"
     EXTENT = "EXTENT"
@@ -76,24 +78,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self._request: JobRequest | None = None
         self._result: JobResult | None = None
 
-    def name(self) -> str:
-        return "segment"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Segment raster layer (FactSeg)"
-
-    def group(self) -> str:
-        return ""
-
-    def groupId(self) -> str:  # noqa: N802
-        return ""
-
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
-
-    def tags(self) -> list[str]:
-        return ["segmentation", "deep learning", "isaid", "small objects", "vehicles", "ships", "factseg"]
-
     def shortHelpString(self) -> str:  # noqa: N802
         return (
             "Segments the pixels of a raster layer (any provider: file, VRT, WMS/XYZ) with a FactSeg model served by "
@@ -116,9 +100,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "OUTPUT_VECTOR: optional polygons, one per connected object, with class and area. OUTPUT_CONFIDENCE: "
             "optional float32 raster, the probability of the chosen class."
         )
-
-    def createInstance(self) -> SegmentAlgorithm:  # noqa: N802
-        return SegmentAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         number = QgsProcessingParameterNumber

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -24,10 +23,8 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..local_workers import LocalWorkerSpec, local_endpoint, release
-from ..plugin_info import ICON_PATH
 from ..settings import DEVICES, PluginSettings
 from ..worker_import import (
     RemoteError,
@@ -38,13 +35,18 @@ from ..worker_import import (
     WorkerError,
     WorkerUnavailable,
 )
+from .base import FactSegAlgorithm
 
 #: Seconds to wait for any one reply (uploading a piece, a status poll); training itself may take hours.
 CALL_TIMEOUT_S = 120.0
 
 
-class TrainAlgorithm(QgsProcessingAlgorithm):
+class TrainAlgorithm(FactSegAlgorithm):
     """Fine-tune a FactSeg model on an exported folder with a worker."""
+
+    NAME = "train"
+    TITLE = "Fine-tune a model on exported training data (FactSeg)"
+    TAGS = ("training", "fine-tuning", "model", "gpu")
 
     DATA = "DATA"
     ITERATIONS = "ITERATIONS"
@@ -58,24 +60,6 @@ class TrainAlgorithm(QgsProcessingAlgorithm):
     MIOU = "MIOU"
     EVALUATION = "EVALUATION"
 
-    def name(self) -> str:
-        return "train"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Fine-tune a model on exported training data (FactSeg)"
-
-    def group(self) -> str:
-        return ""
-
-    def groupId(self) -> str:  # noqa: N802
-        return ""
-
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
-
-    def tags(self) -> list[str]:
-        return ["training", "fine-tuning", "model", "factseg", "gpu"]
-
     def shortHelpString(self) -> str:  # noqa: N802
         return (
             "Fine-tunes FactSeg on a folder made by 'Export training data' and writes the new model (a checkpoint "
@@ -88,9 +72,6 @@ class TrainAlgorithm(QgsProcessingAlgorithm):
             "CONFIG: a training YAML (default: the worker's training/configs/finetune.yaml).\n"
             "The log shows iteration, loss and ETA; Cancel stops the training on the worker and writes nothing."
         )
-
-    def createInstance(self) -> TrainAlgorithm:  # noqa: N802
-        return TrainAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
