@@ -29,6 +29,9 @@ bench: setup
 	$(PY) bench/transport.py --skip-inference
 	$(PY) bench/load.py
 	$(PY) bench/train_step.py
+	$(PY) bench/batch.py
+# Longer, run by hand: bench/finetune.py (fine-tune vs scratch, ~7 min), bench/sliding.py --model (int8 on a trained
+# model), and on a machine with a CUDA GPU: bash bench/gpu_check.sh (one table, under 8 minutes).
 
 clean:
 	rm -rf dist build demo_output .pytest_cache
