@@ -63,8 +63,9 @@ class DaskCluster:
         self.scheduler_file = folder / "scheduler.json"
         self.processes: list[subprocess.Popen] = []
         self.workers: dict[str, subprocess.Popen] = {}
+        # The HTTP server (health, metrics) runs even with --no-dashboard, on all interfaces unless told: loopback.
         self._spawn([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--scheduler-file", str(self.scheduler_file)], "scheduler")
+                     "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(self.scheduler_file)], "scheduler")
         deadline = time.monotonic() + 60
         while not self.scheduler_file.exists():
             assert time.monotonic() < deadline, "the dask scheduler did not start"
@@ -81,7 +82,7 @@ class DaskCluster:
     def add_worker(self, name: str) -> subprocess.Popen:
         """A worker without nanny: killing its process kills the worker (no restart behind our back)."""
         process = self._spawn([DASK, "worker", self.address, "--name", name, "--nthreads", "1", "--no-nanny",
-                               "--no-dashboard", "--host", "127.0.0.1"], name)
+                               "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1"], name)
         self.workers[name] = process
         return process
 
