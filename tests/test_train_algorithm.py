@@ -79,3 +79,26 @@ def test_output_that_is_an_input_is_refused(provider, worker, tmp_path, tiny_che
     with pytest.raises(QgsProcessingException):
         processing.run("factseg:train", params, feedback=Recording())
     assert tiny_checkpoint.read_bytes() == before
+
+
+def test_train_on_a_curve_worker_with_keys(provider, tiny_checkpoint, tmp_path):
+    """The GPU box down the corridor: factseg:train reaches a CURVE worker with SERVER_KEY and CLIENT_KEY, and
+    without the keys it is one clear refusal, not a model."""
+    import processing
+    from plugin_support import start_curve_worker
+
+    from factseg_core import load_model
+
+    running, keys = start_curve_worker(tiny_checkpoint, tmp_path / "keys")
+    try:
+        params = _params(tmp_path, running, ITERATIONS=2, SERVER_KEY=str(keys["server_public"]),
+                         CLIENT_KEY=str(keys["client_secret"]))
+        result = processing.run("factseg:train", params, feedback=Recording())
+        assert load_model(result["OUTPUT_MODEL"]).config.num_classes == 4
+        half = {**params, "OUTPUT_MODEL": str(tmp_path / "half.pt")}
+        del half["CLIENT_KEY"]
+        with pytest.raises(QgsProcessingException):
+            processing.run("factseg:train", half, feedback=Recording())
+        assert not (tmp_path / "half.pt").exists()
+    finally:
+        running.stop()

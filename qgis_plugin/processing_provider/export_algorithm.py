@@ -22,7 +22,6 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -160,7 +159,6 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
-        advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer"))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.LABELS, "Labelled polygons", [QgsProcessing.SourceType.TypeVectorPolygon]))
@@ -183,14 +181,12 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.VAL_FRACTION, "Share of the area kept for validation", QgsProcessingParameterNumber.Type.Double, 0.2,
             minValue=0.0, maxValue=0.9))
-        for param in (
+        self.add_advanced(
             QgsProcessingParameterEnum(self.RESOLUTION_UNITS, "Resolution units", list(UNIT_LABELS), defaultValue=0),
             QgsProcessingParameterString(self.BANDS, "Bands for red, green, blue (e.g. 4,3,2)", "", optional=True),
             QgsProcessingParameterEnum(self.SCALING, "Scaling of non-8-bit bands to 0–255", list(SCALING_LABELS),
                                        defaultValue=0),
-        ):
-            param.setFlags(param.flags() | advanced)
-            self.addParameter(param)
+        )
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Training data folder"))
         self.addOutput(QgsProcessingOutputNumber(self.TRAIN_TILES, "Training patches"))
         self.addOutput(QgsProcessingOutputNumber(self.VAL_TILES, "Validation patches"))

@@ -15,9 +15,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterAuthConfig,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -29,11 +27,9 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from ..curve import resolve_keys
 from ..errors import FactSegError
-from ..job import JobRequest, JobResult, WorkerTarget, format_statistics, prepare_job, run_job, summary
-from ..local_workers import LocalWorkerSpec
-from ..settings import DEVICES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
+from ..job import JobRequest, JobResult, format_statistics, prepare_job, run_job, summary
+from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
 from .base import FactSegAlgorithm
 from .post_processing import attach_stylers
 
@@ -52,13 +48,6 @@ class SegmentAlgorithm(FactSegAlgorithm):
     MASK = "MASK"
     RESOLUTION = "RESOLUTION"
     RESOLUTION_UNITS = "RESOLUTION_UNITS"
-    WORKER = "WORKER"
-    SERVER_KEY = "SERVER_KEY"
-    CLIENT_KEY = "CLIENT_KEY"
-    AUTHCFG = "AUTHCFG"
-    MODEL = "MODEL"
-    WORKER_PYTHON = "WORKER_PYTHON"
-    DEVICE = "DEVICE"
     PATCH = "PATCH"
     STRIDE = "STRIDE"
     CHUNK_SIZE = "CHUNK_SIZE"
@@ -121,25 +110,16 @@ class SegmentAlgorithm(FactSegAlgorithm):
         self.addParameter(number(self.STRIDE, "Stride (pixels, 0 = the model's)", number.Type.Integer, 0,
                                  minValue=0, maxValue=4096))
         self.addParameter(QgsProcessingParameterBoolean(self.TTA, "Flip test-time augmentation", False))
-        for param in (
-            QgsProcessingParameterString(self.SERVER_KEY, "Remote worker's public key (server.key file or z85)",
-                                         "", optional=True),
-            QgsProcessingParameterFile(self.CLIENT_KEY, "This client's secret key file (.key_secret)",
-                                       optional=True),
-            QgsProcessingParameterAuthConfig(self.AUTHCFG, "Authentication configuration with the CURVE keys",
-                                             "", optional=True),
-            QgsProcessingParameterString(self.WORKER_PYTHON, "Python for a local worker (needs torch)", "",
-                                         optional=True),
-            QgsProcessingParameterEnum(self.DEVICE, "Device for a local worker", list(DEVICES), defaultValue=0),
+        self.add_advanced(
+            *self.key_parameters(),
+            *self.local_worker_parameters(),
             number(self.CHUNK_SIZE, "Chunk size (pixels, 0 = the worker's)", number.Type.Integer, 0, minValue=0),
             number(self.BATCH_SIZE, "Batch size of a local worker (0 = its default)", number.Type.Integer, 0,
                    minValue=0, maxValue=256),
             QgsProcessingParameterString(self.BANDS, "Bands for red, green, blue (e.g. 4,3,2)", "", optional=True),
             QgsProcessingParameterEnum(self.SCALING, "Scaling of non-8-bit bands to 0–255", list(SCALING_LABELS),
                                        defaultValue=0),
-        ):
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
-            self.addParameter(param)
+        )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Classes"))
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT_VECTOR, "Objects (polygons)", QgsProcessing.SourceType.TypeVectorPolygon, optional=True,
@@ -172,7 +152,7 @@ class SegmentAlgorithm(FactSegAlgorithm):
             self._request = prepare_job(
                 layer,
                 self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
-                self._target(parameters, context),
+                self.worker_target(parameters, context, self.parameterAsInt(parameters, self.BATCH_SIZE, context)),
                 extent=extent,
                 extent_crs=extent_crs,
                 resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
@@ -191,28 +171,6 @@ class SegmentAlgorithm(FactSegAlgorithm):
         except FactSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
         return True
-
-    def _target(self, parameters, context: QgsProcessingContext) -> WorkerTarget:
-        """Where to run: the endpoint (with its CURVE keys, if any), else a local worker for MODEL."""
-        text = lambda key: (self.parameterAsString(parameters, key, context) or "").strip()  # noqa: E731
-        endpoint = text(self.WORKER)
-        if endpoint:
-            try:
-                keys = resolve_keys(text(self.SERVER_KEY), self.parameterAsFile(parameters, self.CLIENT_KEY, context),
-                                    text(self.AUTHCFG))
-            except FactSegError as exc:
-                raise QgsProcessingException(str(exc)) from exc
-            if keys is None:
-                return WorkerTarget(endpoint)
-            return WorkerTarget(endpoint, server_key=keys.server_public, client_keys=keys.client_keys)
-        model = self.parameterAsFile(parameters, self.MODEL, context)
-        if not model:
-            raise QgsProcessingException(
-                "Give a WORKER endpoint (e.g. tcp://127.0.0.1:5555), or a MODEL to start a local worker.")
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-        python = text(self.WORKER_PYTHON) or PluginSettings.load().worker_python
-        batch = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
-        return WorkerTarget(local=LocalWorkerSpec(python, model, device, batch))
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
         request, self._request = self._request, None

@@ -16,22 +16,19 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
 
-from ..local_workers import LocalWorkerSpec, local_endpoint, release
-from ..settings import DEVICES, PluginSettings
+from ..job import WorkerTarget
+from ..local_workers import local_endpoint, release
 from ..worker_import import (
     RemoteError,
     RemoteTraining,
     TrainingCancelled,
     TrainingProgress,
-    WorkerClient,
     WorkerError,
     WorkerUnavailable,
 )
@@ -53,10 +50,6 @@ class TrainAlgorithm(FactSegAlgorithm):
     OUTPUT_MODEL = "OUTPUT_MODEL"
     INIT_FROM = "INIT_FROM"
     CONFIG = "CONFIG"
-    WORKER = "WORKER"
-    MODEL = "MODEL"
-    WORKER_PYTHON = "WORKER_PYTHON"
-    DEVICE = "DEVICE"
     MIOU = "MIOU"
     EVALUATION = "EVALUATION"
 
@@ -70,11 +63,11 @@ class TrainAlgorithm(FactSegAlgorithm):
             "factseg50.pth works too). Weights whose names and shapes match are kept; the class heads are new "
             "when your classes differ.\n"
             "CONFIG: a training YAML (default: the worker's training/configs/finetune.yaml).\n"
+            "SERVER_KEY / CLIENT_KEY or AUTHCFG: the CURVE keys of a remote worker, as for factseg:segment.\n"
             "The log shows iteration, loss and ETA; Cancel stops the training on the worker and writes nothing."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
-        advanced = QgsProcessingParameterDefinition.Flag.FlagAdvanced
         self.addParameter(QgsProcessingParameterFile(
             self.DATA, "Training data folder (from Export training data)", QgsProcessingParameterFile.Behavior.Folder))
         self.addParameter(QgsProcessingParameterNumber(
@@ -90,13 +83,7 @@ class TrainAlgorithm(FactSegAlgorithm):
             self.WORKER, "Worker endpoint (empty: train with a local worker)", "", optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model for a local worker (checkpoint .pt/.pth)", optional=True))
-        for param in (
-            QgsProcessingParameterString(self.WORKER_PYTHON, "Python for a local worker (needs torch)", "",
-                                         optional=True),
-            QgsProcessingParameterEnum(self.DEVICE, "Device for a local worker", list(DEVICES), defaultValue=0),
-        ):
-            param.setFlags(param.flags() | advanced)
-            self.addParameter(param)
+        self.add_advanced(*self.key_parameters(), *self.local_worker_parameters())
         self.addOutput(QgsProcessingOutputNumber(self.MIOU, "Validation mIoU (%)"))
         self.addOutput(QgsProcessingOutputString(self.EVALUATION, "Validation per-class IoU (JSON)"))
 
@@ -111,9 +98,10 @@ class TrainAlgorithm(FactSegAlgorithm):
                 self.parameterAsFile(parameters, self.INIT_FROM, context),
                 self.parameterAsFile(parameters, self.MODEL, context)) if p}:
             raise QgsProcessingException("OUTPUT_MODEL is one of the input models: choose a new file name.")
-        endpoint, local = self._worker(parameters, context)
+        target = self.worker_target(parameters, context)
+        local = target.local
         try:
-            evaluation = self._train(parameters, context, feedback, endpoint or local_endpoint(local), data, output)
+            evaluation = self._train(parameters, context, feedback, target, data, output)
         except TrainingCancelled as exc:
             raise QgsProcessingException(str(exc)) from exc
         except RemoteError as exc:
@@ -128,18 +116,7 @@ class TrainAlgorithm(FactSegAlgorithm):
         miou = _miou(evaluation)
         return {self.OUTPUT_MODEL: output, self.MIOU: miou, self.EVALUATION: json.dumps(evaluation)}
 
-    def _worker(self, parameters, context) -> tuple[str, LocalWorkerSpec | None]:
-        endpoint = (self.parameterAsString(parameters, self.WORKER, context) or "").strip()
-        if endpoint:
-            return endpoint, None
-        model = self.parameterAsFile(parameters, self.MODEL, context)
-        if not model:
-            raise QgsProcessingException("Give a WORKER endpoint, or a MODEL to start a local worker with.")
-        python = (self.parameterAsString(parameters, self.WORKER_PYTHON, context) or "").strip()
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-        return "", LocalWorkerSpec(python or PluginSettings.load().worker_python, model, device)
-
-    def _train(self, parameters, context, feedback, endpoint: str, data: str, output: str) -> dict | None:
+    def _train(self, parameters, context, feedback, target: WorkerTarget, data: str, output: str) -> dict | None:
         init_from = self.parameterAsFile(parameters, self.INIT_FROM, context) or "served"
         config = self.parameterAsFile(parameters, self.CONFIG, context) or None
         iterations = self.parameterAsInt(parameters, self.ITERATIONS, context)
@@ -155,7 +132,8 @@ class TrainAlgorithm(FactSegAlgorithm):
                 eta = f", ETA {progress.eta_s:.0f} s" if progress.eta_s is not None else ""
                 feedback.pushInfo(f"Iteration {progress.iteration}/{progress.iterations}: loss {loss}{eta}")
 
-        with WorkerClient(endpoint, timeout_s=CALL_TIMEOUT_S, retries=2) as client:
+        endpoint = target.endpoint or local_endpoint(target.local)
+        with target.client(endpoint, CALL_TIMEOUT_S, retries=2) as client:
             info = client.info()
             feedback.pushInfo(f"Training on {endpoint} ({info.get('device', '?')}), from "
                               f"{'the served model ' + str(info.get('model_file', '')) if init_from == 'served' else init_from}.")
