@@ -23,7 +23,7 @@ PATCH, STRIDE = 64, 32
 
 def write_scene(path: Path, seed: int, height: int, width: int, nodata_corner: bool = False) -> Path:
     """An 8-bit RGB GeoTIFF in UTM 33N (test_segment_cli's writer); optionally with a nodata (0) corner."""
-    from test_segment_cli import write_rgb
+    from worker_support import write_rgb
 
     pixels = np.random.default_rng(seed).integers(1, 256, (height, width, 3), dtype=np.uint8)
     if nodata_corner:

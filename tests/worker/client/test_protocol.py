@@ -4,14 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT as REPO
 
 from worker.client import protocol as P
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _header(frames: list) -> dict:

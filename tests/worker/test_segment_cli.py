@@ -9,31 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, osr
-from test_worker import PYTHON, REPO, free_tcp_endpoint, reference, start_worker
+from worker_support import ARGS, GT, PYTHON, REPO, free_tcp_endpoint, reference, run_cli, start_worker, write_rgb
 
 from worker.io.raster_output import partial_path
 
 gdal.UseExceptions()
-GT = (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5)
-ARGS = ["--patch", "64", "--stride", "32", "--chunk-size", "64", "--quiet"]
-
-
-def write_rgb(path: Path, pixels: np.ndarray, nodata: int | None = None, dtype: int = gdal.GDT_Byte) -> Path:
-    height, width = pixels.shape[:2]
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, 3, dtype)
-    ds.SetGeoTransform(GT)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds.SetProjection(srs.ExportToWkt())
-    for i in range(3):
-        band = ds.GetRasterBand(i + 1)
-        band.WriteArray(pixels[:, :, i])
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-    ds = None
-    return path
-
-
 @pytest.fixture(scope="module")
 def worker(tiny_checkpoint, tmp_path_factory):
     with start_worker(tiny_checkpoint, f"ipc://{tmp_path_factory.mktemp('cli')}/w.ipc") as w:
@@ -48,11 +28,6 @@ def scene(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     valid = np.ones(pixels.shape[:2], bool)
     valid[100:, :40] = False
     return write_rgb(tmp_path_factory.mktemp("scene") / "scene.tif", pixels, nodata=0), pixels, valid
-
-
-def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "worker.segment", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def expected_classes(model, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
-from test_segment_cli import run_cli, write_rgb
-from test_worker import PYTHON, REPO, start_worker
+from worker_support import PYTHON, REPO, run_cli, start_worker, write_rgb
 
 from worker.client import WorkerClient
 from worker.io.outputs import partial_path

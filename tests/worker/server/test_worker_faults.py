@@ -13,7 +13,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_worker import free_tcp_endpoint, image, reference, start_worker
+from worker_support import free_tcp_endpoint, image, reference, segment_header, start_worker
 
 from worker.client import WorkerClient
 from worker.client import protocol as P
@@ -48,14 +48,6 @@ def raw(fuzz_worker):
     yield exchange
     sock.close()
     ctx.term()
-
-
-def _segment_header(**overrides) -> dict:
-    header = {"v": 1, "op": "segment", "id": "f", "request": "fuzz", "index": 0, "image_size": [64, 64],
-              "src": [0, 0, 64, 64], "out": [0, 0, 64, 64], "patch": 64, "stride": 32, "chunk_size": 64,
-              "arrays": [{"name": "pixels", "dtype": "uint8", "shape": [64, 64, 3]}]}
-    header.update(overrides)
-    return header
 
 
 def _assert_error(reply: P.Message | None, code: str | None = None, text: str = "") -> None:
@@ -103,7 +95,7 @@ def test_fuzzed_messages_get_error_replies_and_the_worker_keeps_serving(raw, kin
         message = [json.dumps(header).encode(), *frames[:extra_frames]]
     else:
         pixels = bytes(64 * 64 * 3)
-        message = [json.dumps(_segment_header(**mutation)).encode(), pixels, *frames[:extra_frames]]
+        message = [json.dumps(segment_header(**mutation)).encode(), pixels, *frames[:extra_frames]]
     reply = raw(message)
     assert reply is not None, f"no reply to {str(message)[:200]}"
     if reply.header.get("status") != "ok":  # a random header can be a valid info/ping/plan; anything else errs
@@ -116,9 +108,9 @@ def test_each_limit_is_named_in_the_reply(raw) -> None:
     _assert_error(raw([json.dumps({"v": 1, "op": "ping", "pad": "x" * 70_000}).encode()]), "header_too_large")
     _assert_error(raw([b'{"v": 9, "op": "info"}']), "unsupported_version", "version 9")
     _assert_error(raw([b'{"v": 1, "op": "eval"}']), "unknown_op", "eval")
-    too_big = _segment_header(arrays=[{"name": "pixels", "dtype": "uint8", "shape": [1024, 1024, 3]}])
+    too_big = segment_header(arrays=[{"name": "pixels", "dtype": "uint8", "shape": [1024, 1024, 3]}])
     _assert_error(raw([json.dumps(too_big).encode(), b""]), "too_large", "limit is")
-    bad_chunk = _segment_header(src=[0, 0, 64, 32], out=[0, 0, 64, 32],
+    bad_chunk = segment_header(src=[0, 0, 64, 32], out=[0, 0, 64, 32],
                                 arrays=[{"name": "pixels", "dtype": "uint8", "shape": [64, 32, 3]}])
     _assert_error(raw([json.dumps(bad_chunk).encode(), bytes(64 * 32 * 3)]), "bad_chunk", "worker's plan")
     plan = {"v": 1, "op": "plan", "height": 10**6, "width": 10**6, "patch": 64, "stride": 32, "chunk_size": 64}
@@ -131,7 +123,7 @@ def test_a_frame_beyond_zmq_maxmsgsize_drops_that_peer_only(fuzz_worker, raw) ->
         bully = ctx.socket(zmq.DEALER)
         bully.setsockopt(zmq.LINGER, 0)
         bully.connect(fuzz_worker.endpoint)
-        bully.send_multipart([json.dumps(_segment_header()).encode(), bytes(3 * 2**20)])
+        bully.send_multipart([json.dumps(segment_header()).encode(), bytes(3 * 2**20)])
         assert not bully.poll(1000)  # libzmq closed the connection before the message was assembled
         bully.close()
     finally:
@@ -286,7 +278,7 @@ def test_a_local_worker_stops_when_its_parent_dies(tiny_checkpoint, tmp_path: Pa
     import subprocess
     import sys
 
-    from test_worker import PYTHON, REPO
+    from worker_support import PYTHON, REPO
 
     ipc = tmp_path / "orphan.ipc"
     command = [PYTHON, "-m", "worker", "--bind", f"ipc://{ipc}", "--model", str(tiny_checkpoint), "--threads", "1",

@@ -7,44 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from test_worker import free_tcp_endpoint, image, start_worker
+from worker_support import TINY_CONFIG, free_tcp_endpoint, make_export, start_worker
 
 from worker.client import WorkerClient
 from worker.client import training_protocol as T
 from worker.client.protocol import RemoteError
 from worker.client.training_client import RemoteTraining, TrainingCancelled, TrainingProgress, export_files
-from worker.io.training_export import Tile, TrainingDataWriter, build_class_table
-
-TINY_CONFIG = """\
-model: {backbone: resnet18}
-data: {patch: 64, stride: 64, workers: 0}
-train: {batch_size: 2, lr: 0.001, warmup_iters: 0, log_every: 1, checkpoint_every: 100000, amp: "off",
-        channels_last: false}
-eval: {patch: 64, stride: 64, batch_size: 1}
-"""
-
-
-def make_export(folder: Path, tiles: int = 4) -> Path:
-    """A small export with three user classes painted as rectangles (what factseg:export_training_data writes)."""
-    table, _ = build_class_table(["tank", "vehicle", "vessel"])
-    rng = np.random.default_rng(0)
-    with TrainingDataWriter(folder, table) as writer:
-        for i in range(tiles):
-            split = "val" if i == tiles - 1 else "train"
-            rgb = image(i, 64, 64)
-            labels = np.zeros((64, 64), np.uint8)
-            for class_id in (1, 2, 3):
-                y, x = rng.integers(0, 48, 2)
-                labels[y:y + 12, x:x + 12] = class_id
-                rgb[y:y + 12, x:x + 12] = 60 * class_id
-            labels[:2] = 255
-            writer.write(Tile(split, f"t{i}", 0, 0, 64, 64), rgb, labels)
-        writer.commit({"tiles": []})
-    return folder
 
 
 @pytest.fixture(scope="module")

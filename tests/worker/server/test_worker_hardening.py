@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 import zmq
-from test_worker import PYTHON, REPO, free_tcp_endpoint, image, segment, start_worker
-from test_worker_faults import _segment_header as _segment
+from worker_support import PYTHON, REPO, free_tcp_endpoint, image, segment, start_worker
+from worker_support import segment_header as _segment
 
 from worker.client import WorkerClient
 from worker.client import protocol as P
@@ -232,7 +232,7 @@ def test_a_vanished_client_stops_the_work_within_its_timeout(worker) -> None:
 
 def test_a_live_client_keeps_its_lease_through_a_long_chunk(worker, tiny_model) -> None:
     """A chunk that runs several leases long completes: the run's keep-alives renew the lease."""
-    from test_worker import reference
+    from worker_support import reference
 
     img = image(31, 200, 200)
     expired_before = worker.log_path.read_text().count('"event": "expired"')

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_worker import PYTHON
+from worker_support import PYTHON
 
 from qgis_plugin.errors import FactSegError
 

@@ -1,62 +1,15 @@
 """Real worker processes on real sockets: round trips, exactness, several workers, several clients, cancel."""
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_support import free_tcp_endpoint, image, reference, segment, start_worker
 
-from worker.client import LocalWorker, WorkerClient, start_local_worker
+from worker.client import LocalWorker, WorkerClient
 from worker.client.protocol import PROTOCOL_VERSION, RemoteError, SegmentationCancelled
-
-REPO = Path(__file__).resolve().parent.parent
-PYTHON = str(REPO / ".venv" / "bin" / "python")
-PATCH, STRIDE, CHUNK = 128, 64, 128
-
-
-def free_tcp_endpoint() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
-def start_worker(checkpoint: Path, endpoint: str, *extra: str) -> LocalWorker:
-    return start_local_worker(PYTHON, str(checkpoint), endpoint, device="cpu", pythonpath=str(REPO),
-                              ready_timeout_s=120, extra_args=["--threads", "1", *extra])
-
-
-def image(seed: int, height: int = 160, width: int = 200) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def reference(model, img: np.ndarray, patch: int = PATCH, stride: int = STRIDE) -> np.ndarray:
-    from factseg_core import sliding_predict
-
-    return sliding_predict(model, img, patch, stride, batch_size=4)
-
-
-def segment(client: WorkerClient, img: np.ndarray, valid: np.ndarray | None = None, **kwargs):
-    height, width = img.shape[:2]
-    out = np.full((height, width), 77, np.uint8)
-    conf = np.full((height, width), -5.0, np.float32)
-    calls = []
-
-    def reader(y0: int, x0: int, y1: int, x1: int):
-        return img[y0:y1, x0:x1], None if valid is None else valid[y0:y1, x0:x1]
-
-    def writer(y0: int, x0: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
-        h, w = classes.shape
-        calls.append((y0, x0, h, w))
-        out[y0 : y0 + h, x0 : x0 + w] = classes
-        if confidence is not None:
-            conf[y0 : y0 + h, x0 : x0 + w] = confidence
-
-    kwargs = {"patch": PATCH, "stride": STRIDE, "chunk_size": CHUNK, **kwargs}
-    stats = client.segment_raster(height, width, reader, writer, **kwargs)
-    return out, conf, stats, calls
 
 
 @pytest.fixture(scope="module")

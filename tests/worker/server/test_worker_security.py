@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from test_worker import PYTHON, REPO
+from worker_support import PYTHON, REPO
 
 from worker.client import WorkerClient, start_local_worker
 from worker.client.protocol import WorkerUnavailable
@@ -144,7 +144,7 @@ def test_loopback_bypass_strings_are_refused_at_start(tiny_checkpoint, bind: str
 
 def test_a_worker_bound_to_a_loopback_alias_reports_its_real_address(tiny_checkpoint) -> None:
     """The address is checked after binding too (LAST_ENDPOINT); a loopback one passes and is what info shows."""
-    from test_worker import start_worker
+    from worker_support import start_worker
 
     port = _free_port()
     with start_worker(tiny_checkpoint, f"tcp://127.0.0.2:{port}") as worker:

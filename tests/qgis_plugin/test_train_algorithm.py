@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 from plugin_support import registered_provider
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
-from test_train_op import TINY_CONFIG, make_export
-from test_worker import free_tcp_endpoint, start_worker
+from worker_support import TINY_CONFIG, free_tcp_endpoint, make_export, start_worker
 
 pytestmark = pytest.mark.qgis
 

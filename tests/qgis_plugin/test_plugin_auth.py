@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from auth_support import TEST_MASTER_PASSWORD, unlock_test_auth_db
-from test_worker import PYTHON, REPO
+from worker_support import PYTHON, REPO
 
 from qgis_plugin.errors import FactSegError
 
