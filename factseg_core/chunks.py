@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import PATCH_SIZE, STRIDE
+from .config import BATCH_SIZE, PATCH_SIZE, STRIDE
 from .engine import WindowEngine, WindowRunner, check_pixels, fill_nodata
 from .windows import Window, check_inside, coverage, source_window, touching_windows
 
@@ -28,7 +28,7 @@ def predict_chunk(
     out: Window,
     patch: int = PATCH_SIZE,
     stride: int = STRIDE,
-    batch_size: int = 4,
+    batch_size: int = BATCH_SIZE,
     tta: bool = False,
     confidence: bool = False,
     cancel: Callable[[], bool] | None = None,
@@ -53,7 +53,7 @@ def chunk_probabilities(
     out: Window,
     patch: int = PATCH_SIZE,
     stride: int = STRIDE,
-    batch_size: int = 4,
+    batch_size: int = BATCH_SIZE,
     tta: bool = False,
     cancel: Callable[[], bool] | None = None,
 ) -> torch.Tensor:

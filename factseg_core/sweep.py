@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import PATCH_SIZE, STRIDE
+from .config import BATCH_SIZE, PATCH_SIZE, STRIDE
 from .engine import NODATA_FILL, Crop, WindowEngine, WindowRunner, check_pixels, mark_nodata
 from .windows import Window, coverage, window_starts
 
@@ -37,7 +37,7 @@ def stream_predict(
     write_rows: WriteRows,
     patch: int = PATCH_SIZE,
     stride: int = STRIDE,
-    batch_size: int = 4,
+    batch_size: int = BATCH_SIZE,
     tta: bool = False,
     confidence: bool = False,
     progress: Callable[[float], None] | None = None,

@@ -55,6 +55,7 @@ from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS,
 from .styling import display_color, display_name, object_classes
 from .task import SegmentRun
 from .worker_check import CheckWorkerTask, WorkerCheck
+from .worker_import import contract
 from .worker_python_panel import WorkerPythonPanel
 
 EXTENT_LABELS = ("Layer extent", "Map canvas extent", "Selected features of a polygon layer", "Drawn rectangle")
@@ -159,7 +160,7 @@ class SegmentDialog(QDialog):
         group.addButton(self.local_radio)
         self.endpoint_radio.toggled.connect(self._worker_mode_changed)
         self.endpoint_edit = QLineEdit()
-        self.endpoint_edit.setPlaceholderText("tcp://127.0.0.1:5555")
+        self.endpoint_edit.setPlaceholderText(contract.DEFAULT_ENDPOINT)
         form.addRow(self.endpoint_radio, self.endpoint_edit)
         self.server_key_edit = QLineEdit()
         self.server_key_edit.setPlaceholderText("remote worker: its server.key file or 40 z85 characters")
@@ -189,8 +190,8 @@ class SegmentDialog(QDialog):
         self.classes_label.setTextFormat(Qt.TextFormat.RichText)
         form.addRow(self.check_button)
         form.addRow(self.classes_label)  # a row of its own, full width: the class legend wraps, never clips
-        self.patch_spin = spin(0, 4096, "Sliding-window size in pixels (model: the model's own; FactSeg: 896)")
-        self.stride_spin = spin(0, 4096, "Step between windows in pixels (model: the model's own; FactSeg: 512)")
+        self.patch_spin = spin(0, contract.MAX_PATCH, f"Sliding-window size in pixels (model: the model's own; FactSeg: {contract.PATCH_SIZE})")
+        self.stride_spin = spin(0, contract.MAX_PATCH, f"Step between windows in pixels (model: the model's own; FactSeg: {contract.STRIDE})")
         self.chunk_spin = spin(0, 65536, "Pixels per chunk side sent to the worker (worker: its default)")
         self.batch_spin = spin(0, 256, "Windows per forward pass of a local worker (0: its default)")
         row = QHBoxLayout()
@@ -441,7 +442,7 @@ class SegmentDialog(QDialog):
                 raise FactSegError("No model file is set: choose a FactSeg checkpoint (.pt/.pth) or ONNX model.")
         else:
             if not s.endpoint:
-                raise FactSegError("Give the worker endpoint (e.g. tcp://127.0.0.1:5555) or start a local worker.")
+                raise FactSegError(f"Give the worker endpoint (e.g. {contract.DEFAULT_ENDPOINT}) or start a local worker.")
             params.update(WORKER=s.endpoint, SERVER_KEY=s.server_key, CLIENT_KEY=s.client_key, AUTHCFG=s.authcfg)
         extent = self.current_extent()
         if extent is not None:

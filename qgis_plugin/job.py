@@ -39,6 +39,7 @@ from .worker_import import (
     WorkerError,
     WorkerUnavailable,
     class_statistics,
+    contract,
     polygonize_classes,
 )
 from .worker_import import confidence_path as worker_confidence_path
@@ -153,7 +154,7 @@ def prepare_job(
         raise FactSegError(f"The confidence raster is first written as {beside}, which exists: move that file, or "
                            "name the confidence output after the class raster.")
     if not target.endpoint and target.local is None:
-        raise FactSegError("Give a worker endpoint (e.g. tcp://127.0.0.1:5555) or a model to start a local worker.")
+        raise FactSegError(f"Give a worker endpoint (e.g. {contract.DEFAULT_ENDPOINT}) or a model to start a local worker.")
     patch, stride = patch or None, stride or None  # 0 or None: the worker's model defaults
     if patch is not None and patch < 0:
         raise FactSegError(f"The patch size must be positive, got {patch}.")

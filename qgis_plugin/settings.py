@@ -8,8 +8,9 @@ from pathlib import Path
 
 from qgis.core import QgsSettings
 
+from .worker_import import contract
+
 SETTINGS_GROUP = "factseg"
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 SCALING_MODES = ("auto", "minmax", "none")
 SCALING_LABELS = (
     "Automatic (8-bit as is; others: 2–98 % cumulative cut)",
@@ -43,7 +44,7 @@ def default_worker_python() -> str:
 class PluginSettings:
     """Everything the dialog remembers between sessions (QgsSettings under ``factseg/``)."""
 
-    endpoint: str = DEFAULT_ENDPOINT
+    endpoint: str = contract.DEFAULT_ENDPOINT
     start_local: bool = False
     worker_python: str = ""
     model_path: str = ""

@@ -1,5 +1,5 @@
 """The plugin's one door to the worker's QGIS-side code: ``worker.client`` (protocol, client, local workers) and
-``worker.io`` (GDAL outputs, polygons, statistics). Nothing else of ``worker`` is imported inside QGIS.
+``worker.io`` (GDAL outputs, polygons, statistics), and the shared contract through ``worker.contract``. Nothing else of ``worker`` is imported inside QGIS.
 
 Where the code lies (no ``sys.path`` changes either way):
 - installed from ``factseg.zip``, ``worker/`` is vendored *inside* the plugin package, so it is imported as
@@ -26,6 +26,7 @@ def _worker_module(name: str) -> ModuleType:
 
 
 client = _worker_module("client")
+contract = _worker_module("contract")  # the shared contract: defaults, limits, training-data layout, class table
 protocol = _worker_module("client.protocol")
 raster_output = _worker_module("io.raster_output")
 vectorize = _worker_module("io.vectorize")

@@ -26,6 +26,7 @@ copy_tree() {  # copy_tree SRC DEST: Python sources and docs, no caches
 copy_tree qgis_plugin "$STAGE/$NAME"
 copy_tree worker "$STAGE/$NAME/worker"
 copy_tree factseg_core "$STAGE/$NAME/factseg_core"
+copy_tree factseg_contract "$STAGE/$NAME/factseg_contract"  # the shared contract (worker.contract finds it)
 cp metadata.txt "$STAGE/$NAME/metadata.txt"
 for extra in LICENSE README.md worker-requirements.txt; do
   [ -f "$extra" ] && cp "$extra" "$STAGE/$NAME/$extra"

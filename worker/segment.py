@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .client.protocol import SegmentationCancelled, WorkerError
+from .contract import CHUNK_SIZE, DEFAULT_ENDPOINT
 from .io.outputs import OutputPathError, OutputSet, check_output_paths
 from .io.raster_source import InputError, RasterSource
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input raster (any GDAL format), 8-bit RGB or grey")
     p.add_argument("output", help="output class GeoTIFF")
     p.add_argument("--connect", action="append", required=True, metavar="ENDPOINT", type=_endpoint,
-                   help="worker endpoint, e.g. tcp://127.0.0.1:5555 (repeat for several workers)")
+                   help=f"worker endpoint, e.g. {DEFAULT_ENDPOINT} (repeat for several workers)")
     p.add_argument("--extent", type=_parse_extent, help="xmin,ymin,xmax,ymax in the input's CRS")
     p.add_argument("--bands", type=_parse_bands, help="input bands used as R,G,B (default: by colour interpretation)")
     p.add_argument("--patch", type=_whole_number(1), help="window size (default: the worker's)")
@@ -253,7 +254,7 @@ def _check_options_with_worker(client: Any, source: RasterSource, args: argparse
     info = client.info()
     patch, stride = args.patch or info["patch"], args.stride or info["stride"]
     try:
-        client.plan(source.height, source.width, patch, stride, args.chunk_size or info.get("chunk_size", 4096))
+        client.plan(source.height, source.width, patch, stride, args.chunk_size or info.get("chunk_size", CHUNK_SIZE))
     except RemoteError as exc:
         if exc.code not in ("bad_header", "too_large"):
             raise

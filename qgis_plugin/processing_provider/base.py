@@ -20,6 +20,7 @@ from ..job import WorkerTarget
 from ..local_workers import LocalWorkerSpec
 from ..plugin_info import ICON_PATH
 from ..settings import DEVICES, PluginSettings
+from ..worker_import import contract
 
 
 class FactSegAlgorithm(QgsProcessingAlgorithm):
@@ -98,7 +99,7 @@ class FactSegAlgorithm(QgsProcessingAlgorithm):
         model = self.parameterAsFile(parameters, self.MODEL, context)
         if not model:
             raise QgsProcessingException(
-                "Give a WORKER endpoint (e.g. tcp://127.0.0.1:5555), or a MODEL to start a local worker.")
+                f"Give a WORKER endpoint (e.g. {contract.DEFAULT_ENDPOINT}), or a MODEL to start a local worker.")
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         python = text(self.WORKER_PYTHON) or PluginSettings.load().worker_python
         return WorkerTarget(local=LocalWorkerSpec(python, model, device, batch_size))

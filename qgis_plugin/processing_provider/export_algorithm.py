@@ -39,7 +39,7 @@ from ..errors import FactSegError
 from ..grid import OutputGrid, plan_grid
 from ..raster_reading import RasterReader, parse_bands
 from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
-from ..worker_import import training_export
+from ..worker_import import contract, training_export
 from .base import FactSegAlgorithm
 
 IGNORE_ID = training_export.IGNORE_ID
@@ -48,8 +48,6 @@ LabelRasterizer = training_export.LabelRasterizer
 TrainingDataWriter = training_export.TrainingDataWriter
 build_class_table = training_export.build_class_table
 plan_tiles = training_export.plan_tiles
-#: Default tile side: the reference window of FactSeg (factseg_core.config.PATCH_SIZE, which QGIS cannot import).
-EXPORT_PATCH = 896
 
 UNIT_LABELS = ("Map units of the layer's CRS", "Centimetres per pixel (ground sampling distance)")
 
@@ -173,11 +171,11 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
             self.RESOLUTION, "Resolution (0 = the layer's native resolution)",
             QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PATCH, "Patch size (pixels)", QgsProcessingParameterNumber.Type.Integer, EXPORT_PATCH,
-            minValue=32, maxValue=4096))
+            self.PATCH, "Patch size (pixels)", QgsProcessingParameterNumber.Type.Integer, contract.PATCH_SIZE,
+            minValue=32, maxValue=contract.MAX_PATCH))
         self.addParameter(QgsProcessingParameterNumber(
             self.STRIDE, "Stride between patches (0 = the patch size: no overlap)",
-            QgsProcessingParameterNumber.Type.Integer, 0, minValue=0, maxValue=4096))
+            QgsProcessingParameterNumber.Type.Integer, 0, minValue=0, maxValue=contract.MAX_PATCH))
         self.addParameter(QgsProcessingParameterNumber(
             self.VAL_FRACTION, "Share of the area kept for validation", QgsProcessingParameterNumber.Type.Double, 0.2,
             minValue=0.0, maxValue=0.9))

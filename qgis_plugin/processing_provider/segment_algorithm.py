@@ -30,6 +30,7 @@ from qgis.core import (
 from ..errors import FactSegError
 from ..job import JobRequest, JobResult, format_statistics, prepare_job, run_job, summary
 from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
+from ..worker_import import contract
 from .base import FactSegAlgorithm
 from .post_processing import attach_stylers
 
@@ -82,7 +83,7 @@ class SegmentAlgorithm(FactSegAlgorithm):
             "MASK: polygons outside which pixels are left out (nodata); their bounding box is the extent when "
             "EXTENT is empty.\n"
             "PATCH / STRIDE: sliding-window size and step in pixels (0: the model's own, FactSeg's reference is "
-            "896 / 512). CHUNK_SIZE: pixels per chunk side (0: the worker's). BATCH_SIZE: windows per forward pass "
+            f"{contract.PATCH_SIZE} / {contract.STRIDE}). CHUNK_SIZE: pixels per chunk side (0: the worker's). BATCH_SIZE: windows per forward pass "
             "of a local worker (0: its default). TTA: average the predictions of the flipped windows.\n"
             "BANDS: red, green, blue band numbers, e.g. 4,3,2 (default: the layer's RGB bands).\n"
             "SCALING: how bands that are not 8-bit become 0–255.\n"
@@ -106,9 +107,9 @@ class SegmentAlgorithm(FactSegAlgorithm):
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model for a local worker (checkpoint .pt/.pth or .onnx)", optional=True))
         self.addParameter(number(self.PATCH, "Patch size (pixels, 0 = the model's)", number.Type.Integer, 0,
-                                 minValue=0, maxValue=4096))
+                                 minValue=0, maxValue=contract.MAX_PATCH))
         self.addParameter(number(self.STRIDE, "Stride (pixels, 0 = the model's)", number.Type.Integer, 0,
-                                 minValue=0, maxValue=4096))
+                                 minValue=0, maxValue=contract.MAX_PATCH))
         self.addParameter(QgsProcessingParameterBoolean(self.TTA, "Flip test-time augmentation", False))
         self.add_advanced(
             *self.key_parameters(),

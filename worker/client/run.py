@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
+from ..contract import NODATA_CLASS
 from .link import Link
 from .protocol import (
     PingRequest,
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 Reader = Callable[[int, int, int, int], "tuple[np.ndarray, np.ndarray | None]"]
 Writer = Callable[[int, int, np.ndarray, "np.ndarray | None"], None]
 
-NODATA_CLASS = 255
 #: Worker errors after which a chunk is simply sent again (elsewhere, or once the worker has room).
 RETRYABLE = {"shutdown", "queue_full", "expired"}
 

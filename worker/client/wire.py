@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import MAX_PATCH
+
 #: Bumped on any incompatible change of the messages below.
 PROTOCOL_VERSION = 1
 
@@ -69,7 +71,7 @@ class Limits:
     max_frame_bytes: int = 256 * 1024 * 1024
     max_image_side: int = 1_000_000
     max_chunk_side: int = 8192
-    max_patch: int = 4096
+    max_patch: int = MAX_PATCH
     max_queue_per_client: int = 64
     #: Pixels held by queued chunks of all clients together (a bound on the worker's memory).
     max_queued_bytes: int = 2 * 1024**3

@@ -19,13 +19,13 @@ from types import TracebackType
 import numpy as np
 from osgeo import gdal
 
+from ..contract import NODATA_CLASS as NODATA
 from .outputs import OutputSet, partial_path
 
 gdal.UseExceptions()
 
 __all__ = ["NODATA", "ClassRasterWriter", "confidence_path", "partial_path", "read_class_table", "overview_factors"]
 
-NODATA = 255
 CREATION_OPTIONS = ("TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
 CLASS_TABLE_KEY = "FACTSEG_CLASSES"
 CONFIDENCE_NODATA = -1.0

@@ -26,6 +26,7 @@ from factseg_core import config
 
 from ..client import protocol as P
 from ..client.receive import Received, receive
+from ..contract import DEFAULT_ENDPOINT as DEFAULT_BIND
 from .engine import Engine
 from .inference import InferenceThread
 from .logs import log_event
@@ -33,7 +34,6 @@ from .queue import FairQueue, Job, WorkState
 from .security import WorkerStartError, check_bind_security, check_bound_endpoint, load_secret_key
 from .training import TrainingManager
 
-DEFAULT_BIND = "tcp://127.0.0.1:5555"
 DEFAULT_CHUNK_SIZE = config.CHUNK_SIZE  # see README "Chunks": fewer windows computed twice at chunk borders
 #: Chunks in one plan (see PROTOCOL.md "Limits"): bounds the plan reply, the plan cache and planning time.
 MAX_PLAN_CHUNKS = P.MAX_PLAN_CHUNKS
