@@ -26,7 +26,8 @@ def test_zip_layout(plugin_zip):
     assert all(n.startswith("factseg/") for n in names), names
     for required in ("factseg/__init__.py", "factseg/metadata.txt", "factseg/icon.png", "factseg/plugin.py",
                      "factseg/processing_provider/segment_algorithm.py", "factseg/worker/__main__.py",
-                     "factseg/worker/client/client.py", "factseg/worker/server/service.py", "factseg/factseg_core/model.py"):
+                     "factseg/worker/client/client.py", "factseg/worker/server/service.py", "factseg/factseg_core/model.py",
+                     "factseg/factseg_contract/limits.py", "factseg/worker/contract.py"):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
@@ -167,5 +168,23 @@ def test_installed_plugin_imports_only_the_client_side_of_worker(plugin_zip, tmp
     modules = report["modules"]
     assert not report["path_changed"]
     assert "factseg.worker.client.client" in modules and "factseg.worker.io.outputs" in modules
+    assert "factseg.factseg_contract.limits" in modules  # the shared contract, vendored beside worker
+    assert not [m for m in modules if m == "factseg_contract" or m.startswith("factseg_contract.")]
     assert not [m for m in modules if m == "worker" or m.startswith("worker.")]
     assert not [m for m in modules if m.startswith(("factseg.worker.server", "factseg.factseg_core", "torch"))]
+
+
+def test_local_worker_python_finds_one_contract(plugin_zip, tmp_path):
+    """A local worker process (its own Python, PYTHONPATH=<plugin folder>) imports the zip's worker, factseg_core
+    and factseg_contract as top-level packages, and both see the same contract objects."""
+    import subprocess
+
+    folder = unpack_plugin(plugin_zip, tmp_path / "plugins")
+    script = ("import factseg_contract, factseg_core.config as c, worker.contract as w\n"
+              "assert w.ClassTableError is factseg_contract.ClassTableError and c.PATCH_SIZE == w.PATCH_SIZE\n"
+              "print(factseg_contract.__file__, c.__file__, w.__file__)\n")
+    env = dict(os.environ, PYTHONPATH=str(folder))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert all(path.startswith(str(folder)) for path in run.stdout.split()), run.stdout
