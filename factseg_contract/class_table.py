@@ -38,8 +38,9 @@ def _entry_problem(item: Any, index: int) -> str | None:
     return None
 
 
-def check_class_table(items: object, where: str = "class table") -> list[dict[str, Any]]:
-    """``items`` checked and copied as plain JSON data; ClassTableError starting with ``where`` otherwise."""
+def check_class_table(items: object, where: str = "class table:") -> list[dict[str, Any]]:
+    """``items`` checked and copied as plain JSON data; otherwise a ClassTableError, ``where`` + the problem
+    (``where``: e.g. ``"PATH:"`` or ``"PATH: 'classes'"``)."""
     if isinstance(items, str | bytes | Mapping) or not isinstance(items, list | tuple):
         raise ClassTableError(f"{where} is a {type(items).__name__}, expected a list of {{id, name, color}} entries")
     if not items:
@@ -51,7 +52,7 @@ def check_class_table(items: object, where: str = "class table") -> list[dict[st
     return [{"id": item["id"], "name": item["name"], "color": list(item["color"])} for item in items]
 
 
-def check_dataset_table(items: object, where: str = "classes.json") -> list[dict[str, Any]]:
+def check_dataset_table(items: object, where: str = "classes.json:") -> list[dict[str, Any]]:
     """A training set's table: :func:`check_class_table` plus the rules of ``classes.json`` (module docstring)."""
     table = check_class_table(items, where)
     if len(table) < 2:
@@ -60,8 +61,8 @@ def check_dataset_table(items: object, where: str = "classes.json") -> list[dict
     if extra:
         raise ClassTableError(f"{where} entry {extra[0]} must have exactly the keys id, name, color")
     if table[0]["name"] != "background":
-        raise ClassTableError(f"{where}: class 0 must be 'background', not {table[0]['name']!r}")
+        raise ClassTableError(f"{where} class 0 must be 'background', not {table[0]['name']!r}")
     for what, values in (("names", [c["name"] for c in table]), ("colours", [tuple(c["color"]) for c in table])):
         if len(set(values)) != len(values):
-            raise ClassTableError(f"{where}: class {what} must be unique")
+            raise ClassTableError(f"{where} class {what} must be unique")
     return table

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from factseg_contract.class_table import ClassTableError, check_class_table
+
 from .classes import ISAID_CLASSES, ClassInfo, classes_from_dicts, classes_to_dicts
 from .model import FactSeg, FactSegConfig
 
@@ -194,34 +196,14 @@ def _checked_classes(ckpt: Mapping[str, Any], config: FactSegConfig, source: str
     items = ckpt.get("classes")
     if items is None:
         raise CheckpointError(f"{source}: the checkpoint has no 'classes' table (id, name, color per class)")
-    if isinstance(items, str | bytes | Mapping) or not isinstance(items, list | tuple):
-        raise CheckpointError(f"{source}: 'classes' is a {type(items).__name__}, expected a list of "
-                              "{id, name, color} entries")
-    for index, item in enumerate(items):
-        problem = _class_entry_problem(item, index)
-        if problem:
-            raise CheckpointError(f"{source}: 'classes' entry {index} {problem}")
-    if len(items) != config.num_classes:
-        raise CheckpointError(f"{source}: 'classes' has {len(items)} entries but the model has "
+    try:
+        table = check_class_table(items, f"{source}: 'classes'")
+    except ClassTableError as exc:
+        raise CheckpointError(str(exc)) from None
+    if len(table) != config.num_classes:
+        raise CheckpointError(f"{source}: 'classes' has {len(table)} entries but the model has "
                               f"{config.num_classes} output classes")
-    return classes_from_dicts(items)
-
-
-def _class_entry_problem(item: Any, index: int) -> str | None:
-    if not isinstance(item, Mapping):
-        return f"is a {type(item).__name__}, expected {{id, name, color}}"
-    missing = [k for k in ("id", "name", "color") if k not in item]
-    if missing:
-        return f"has no {', '.join(missing)}"
-    if type(item["id"]) is not int or item["id"] != index:
-        return f"has id {item['id']!r}, expected {index} (ids are 0…n-1 in order)"
-    if not isinstance(item["name"], str) or not item["name"]:
-        return f"has name {item['name']!r}, expected a non-empty string"
-    color = item["color"]
-    if not (isinstance(color, list | tuple) and len(color) == 3
-            and all(type(v) is int and 0 <= v <= 255 for v in color)):
-        return f"has color {color!r}, expected three whole numbers 0–255"
-    return None
+    return classes_from_dicts(table)
 
 
 def _checked_state(ckpt: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:

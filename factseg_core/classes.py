@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from factseg_contract.class_table import check_class_table
+
 
 @dataclass(frozen=True)
 class ClassInfo:
@@ -54,17 +56,9 @@ def classes_to_dicts(classes: Iterable[ClassInfo]) -> list[dict]:
     return [c.to_dict() for c in classes]
 
 
-def classes_from_dicts(items: Sequence[dict]) -> tuple[ClassInfo, ...]:
-    """Inverse of :func:`classes_to_dicts`; validates ids are 0..n-1 in order and colours are RGB bytes."""
-    out = []
-    for index, item in enumerate(items):
-        color = tuple(int(v) for v in item["color"])
-        if int(item["id"]) != index:
-            raise ValueError(f"class table: entry {index} has id {item['id']}, expected {index}")
-        if len(color) != 3 or not all(0 <= v <= 255 for v in color):
-            raise ValueError(f"class table: colour of {item['name']!r} is not an RGB triple: {color}")
-        out.append(ClassInfo(index, str(item["name"]), color))  # type: ignore[arg-type]
-    return tuple(out)
+def classes_from_dicts(items: Sequence[dict], where: str = "class table:") -> tuple[ClassInfo, ...]:
+    """Inverse of :func:`classes_to_dicts`, checked by the shared contract's rule (ClassTableError, a ValueError)."""
+    return tuple(ClassInfo(c["id"], c["name"], tuple(c["color"])) for c in check_class_table(items, where))
 
 
 __all__ = ["ClassInfo", "ISAID_CLASSES", "ISAID_NUM_CLASSES", "classes_to_dicts", "classes_from_dicts"]

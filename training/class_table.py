@@ -24,42 +24,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from factseg_contract import CLASSES_FILE, ClassTableError, check_dataset_table
 from factseg_core.classes import ClassInfo, classes_from_dicts, classes_to_dicts
-
-from .isaid import DataError
-
-CLASSES_FILE = "classes.json"
-_KEYS = {"id", "name", "color"}
-
-
-class ClassTableError(DataError):
-    """A ``classes.json`` that does not follow the format above."""
 
 
 def parse_class_table(items: object, source: str = CLASSES_FILE) -> tuple[ClassInfo, ...]:
-    """Check plain data in the ``classes.json`` format and return the class table."""
-    if not isinstance(items, list) or len(items) < 2:
-        raise ClassTableError(f"{source}: expected a list of at least two classes (background first)")
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != _KEYS:
-            raise ClassTableError(f"{source}: entry {index} must be an object with exactly the keys id, name, color")
-        if not isinstance(item["name"], str) or not item["name"].strip():
-            raise ClassTableError(f"{source}: entry {index} has no name")
-        color = item["color"]
-        if not isinstance(color, list) or len(color) != 3 or not all(isinstance(v, int) for v in color):
-            raise ClassTableError(f"{source}: colour of {item['name']!r} must be [r, g, b] integers")
-        if not isinstance(item["id"], int) or isinstance(item["id"], bool):
-            raise ClassTableError(f"{source}: id of {item['name']!r} must be an integer")
-    try:
-        classes = classes_from_dicts(items)
-    except ValueError as exc:
-        raise ClassTableError(f"{source}: {exc}") from None
-    if classes[0].name != "background":
-        raise ClassTableError(f"{source}: class 0 must be 'background', not {classes[0].name!r}")
-    for what, values in (("names", [c.name for c in classes]), ("colours", [c.color for c in classes])):
-        if len(set(values)) != len(values):
-            raise ClassTableError(f"{source}: class {what} must be unique")
-    return classes
+    """Check plain data in the ``classes.json`` format (the shared contract's rule) and return the class table."""
+    return classes_from_dicts(check_dataset_table(items, f"{source}:"))
 
 
 def read_class_table(data_root: str | os.PathLike) -> tuple[ClassInfo, ...] | None:

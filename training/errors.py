@@ -12,3 +12,7 @@ class ConfigError(TrainingError, ValueError):
 
 class TrainingCancelled(TrainingError):
     """``should_stop()`` asked the run to stop; ``latest.pt`` holds the state to ``--resume`` from."""
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read as iSAID layout, with the reason and the offending path."""

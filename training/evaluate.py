@@ -27,12 +27,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from factseg_contract import CLASSES_FILE, ClassTableError
 from factseg_core import CheckpointError, load_model
 from factseg_core.backends import TorchRunner
 from factseg_core.classes import ISAID_CLASSES, ClassInfo
 from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE
 from factseg_core.streaming import stream_predict
-from training.isaid import DataError, find_pairs, load_pair
+from training.errors import DataError
+from training.isaid import find_pairs, load_pair
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -157,7 +159,7 @@ def check_data_classes(classes: Sequence[ClassInfo], data_root: str | os.PathLik
 
     table = read_class_table(data_root)
     if table is not None and [c.name for c in table] != [c.name for c in classes]:
-        raise DataError(f"the model's classes {[c.name for c in classes]} are not those of {data_root}/classes.json "
+        raise DataError(f"the model's classes {[c.name for c in classes]} are not those of {data_root}/{CLASSES_FILE} "
                         f"{[c.name for c in table]}")
 
 
@@ -224,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line; bad inputs (missing files, unreadable checkpoints, broken pairs) exit 2 with a message."""
     try:
         return _main(argv)
-    except (CheckpointError, DataError, OSError) as exc:
+    except (CheckpointError, DataError, ClassTableError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

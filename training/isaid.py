@@ -32,20 +32,20 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from factseg_contract import ClassTableError
+from factseg_contract.layout import IMAGES_DIR, MASK_SUFFIX, MASKS_DIR
 from factseg_core.classes import ISAID_CLASSES, ClassInfo
 from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE
 from factseg_core.sliding import normalize_batch
 from factseg_core.windows import window_grid
 
-MASK_SUFFIX = "_instance_color_RGB.png"
+from .class_table import read_class_table
+from .errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
 CACHE_VERSION = 1
 #: Rows decoded per step when mapping colours, so a 13,000-px mask does not need int32 codes for all pixels.
 _MAP_ROWS = 1024
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read as iSAID layout, with the reason and the offending path."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,11 @@ class Pair:
 def find_pairs(root: str | os.PathLike, split: str) -> list[Pair]:
     """Image/mask pairs of ``split`` under ``root``, sorted by name; every image needs a mask and vice versa."""
     root = Path(root)
-    image_dir, mask_dir = root / split / "images", root / split / "masks"
+    image_dir, mask_dir = root / split / IMAGES_DIR, root / split / MASKS_DIR
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
-            raise DataError(f"missing folder {folder} (expected iSAID layout ROOT/{split}/images and ROOT/{split}/masks)")
+            raise DataError(f"missing folder {folder} (expected iSAID layout ROOT/{split}/{IMAGES_DIR} and "
+                            f"ROOT/{split}/{MASKS_DIR})")
     images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.name[: -len(MASK_SUFFIX)]: p for p in sorted(mask_dir.iterdir()) if p.name.endswith(MASK_SUFFIX)}
     no_mask = sorted(set(images) - set(masks))
@@ -166,9 +167,9 @@ def _cut_pair(args: tuple[Pair, Path, tuple[ClassInfo, ...], int, int]) -> tuple
     records = []
     for win in window_grid(labels.shape[0], labels.shape[1], patch, stride):
         stem = f"{pair.name}_{win.y0}_{win.x0}"
-        Image.fromarray(image[win.y0 : win.y1, win.x0 : win.x1]).save(folder / "images" / f"{stem}.png", compress_level=1)
+        Image.fromarray(image[win.y0 : win.y1, win.x0 : win.x1]).save(folder / IMAGES_DIR / f"{stem}.png", compress_level=1)
         Image.fromarray(labels[win.y0 : win.y1, win.x0 : win.x1]).save(folder / "labels" / f"{stem}.png", compress_level=1)
-        records.append(asdict(PatchRecord(f"images/{stem}.png", f"labels/{stem}.png", pair.name,
+        records.append(asdict(PatchRecord(f"{IMAGES_DIR}/{stem}.png", f"labels/{stem}.png", pair.name,
                                           win.y0, win.x0, win.height, win.width)))
     return records, unknown
 
@@ -214,7 +215,7 @@ def prepare(
         if manifest.get("signature") == signature:
             _warn_unknown(manifest["unknown_pixels"], len(pairs), split)
             return folder
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
     jobs = [(p, folder, classes, patch, stride) for p in pairs]
@@ -324,12 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=STRIDE)
     parser.add_argument("--workers", type=int, default=1, help="processes decoding images in parallel")
     args = parser.parse_args(argv)
-    from training.class_table import read_class_table
-
     try:
         classes = read_class_table(args.data_root) or ISAID_CLASSES
         folder = prepare(args.data_root, args.split, args.cache_dir, args.patch, args.stride, classes, args.workers)
-    except DataError as exc:
+    except (DataError, ClassTableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(read_manifest(folder)['patches'])} patches in {folder}")

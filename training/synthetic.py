@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from factseg_contract.layout import IMAGES_DIR, MASKS_DIR, image_path, mask_path
 from factseg_core.classes import ISAID_CLASSES, ClassInfo
 from factseg_core.config import NODATA_CLASS
 
@@ -100,14 +101,14 @@ USER_CLASSES = relabelling({"vehicle": ("small_vehicle", "large_vehicle"), "vess
 
 def write_split(out: Path, split: str, count: int, size: int, seed: int, relabel: Relabelling | None = None) -> None:
     """``count`` images of ``split`` with their colour masks (iSAID colours, or ``relabel``'s classes)."""
-    (out / split / "images").mkdir(parents=True, exist_ok=True)
-    (out / split / "masks").mkdir(parents=True, exist_ok=True)
+    (out / split / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    (out / split / MASKS_DIR).mkdir(parents=True, exist_ok=True)
     for index in range(count):
         image, labels = generate(sample_seed(seed, split, index), size, size)
         colours = labels_to_colors(labels) if relabel is None else relabel.palette[relabel.lookup[labels]]
         name = f"P{index:04d}"
-        Image.fromarray(image, "RGB").save(out / split / "images" / f"{name}.png")
-        Image.fromarray(colours, "RGB").save(out / split / "masks" / f"{name}_instance_color_RGB.png")
+        Image.fromarray(image, "RGB").save(image_path(out, split, name))
+        Image.fromarray(colours, "RGB").save(mask_path(out, split, name))
 
 
 def write_scene(out: Path, width: int, height: int, seed: int) -> tuple[Path, Path]:

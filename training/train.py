@@ -25,9 +25,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from factseg_contract import ClassTableError
 from factseg_core.checkpoint import CheckpointError
-from training.errors import TrainingCancelled, TrainingError
-from training.isaid import DataError
+from training.errors import DataError, TrainingCancelled, TrainingError
 from training.train_config import TrainConfig, load_config
 from training.trainer import Trainer
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingCancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130
-    except (TrainingError, CheckpointError, DataError) as exc:
+    except (TrainingError, CheckpointError, DataError, ClassTableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from factseg_contract.layout import IMAGES_DIR
 from factseg_core import FactSeg, joint_loss, save_checkpoint
 from factseg_core.checkpoint import read_checkpoint
 from factseg_core.transfer import SourceWeights, TransferReport
@@ -304,7 +305,7 @@ class Trainer:
         e, split = self.config.eval, self.config.data.val_split
         if not e.enabled:
             return None
-        if not (self.data_root / split / "images").is_dir():
+        if not (self.data_root / split / IMAGES_DIR).is_dir():
             self.log.line(f"no {split} split under {self.data_root}: skipping the final evaluation")
             return None
         self.model.eval()
