@@ -299,9 +299,8 @@ def _check_classes(info: dict, endpoint: str) -> list[dict]:
     if not isinstance(classes, list) or not classes:
         raise FactSegError(f"The worker at {endpoint} did not describe its classes: is it a FactSeg worker?")
     try:
-        return [{"id": int(c["id"]), "name": str(c["name"]), "color": [int(v) for v in c["color"]][:3]}
-                for c in classes]
-    except (KeyError, TypeError, ValueError) as exc:
+        return contract.check_class_table(classes, "its table")
+    except contract.ClassTableError as exc:
         raise FactSegError(f"The worker at {endpoint} sent a malformed class table: {exc}") from exc
 
 

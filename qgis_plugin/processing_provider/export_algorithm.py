@@ -42,7 +42,7 @@ from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
 from ..worker_import import contract, training_export
 from .base import FactSegAlgorithm
 
-IGNORE_ID = training_export.IGNORE_ID
+IGNORE_ID = contract.IGNORE_INDEX
 ExportError = training_export.ExportError
 LabelRasterizer = training_export.LabelRasterizer
 TrainingDataWriter = training_export.TrainingDataWriter

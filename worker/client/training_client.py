@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import CLASSES_FILE, IMAGES_DIR, MASKS_DIR, SPLITS
 from . import training_protocol as T
 from .client import WorkerClient
 from .protocol import Request, WorkerError
@@ -57,12 +58,12 @@ class TrainingOutcome:
 def export_files(folder: str | os.PathLike) -> list[tuple[str, Path]]:
     """The files of an export that go to the worker (upload names → local paths), checked against the layout."""
     root = Path(folder)
-    if not (root / "classes.json").is_file():
-        raise TrainingFailed(f"{root} is not a training export: it has no classes.json "
+    if not (root / CLASSES_FILE).is_file():
+        raise TrainingFailed(f"{root} is not a training export: it has no {CLASSES_FILE} "
                              "(make one with factseg:export_training_data)")
-    files = [("classes.json", root / "classes.json")]
-    for split in ("train", "val"):
-        for kind in ("images", "masks"):
+    files = [(CLASSES_FILE, root / CLASSES_FILE)]
+    for split in SPLITS:
+        for kind in (IMAGES_DIR, MASKS_DIR):
             for path in sorted((root / split / kind).glob("*.png")):
                 files.append((f"{split}/{kind}/{path.name}", path))
     bad = [name for name, _ in files if not T.FILE_NAME.fullmatch(name)]
@@ -116,7 +117,7 @@ class RemoteTraining:
         except BaseException:
             self.cancel()
             raise
-        classes = json.loads((Path(data) / "classes.json").read_text(encoding="utf-8"))
+        classes = json.loads((Path(data) / CLASSES_FILE).read_text(encoding="utf-8"))
         return TrainingOutcome(Path(output_model), evaluation, classes)
 
     def cancel(self) -> None:

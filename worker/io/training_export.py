@@ -25,11 +25,9 @@ from typing import Any
 
 import numpy as np
 
-MASK_SUFFIX = "_instance_color_RGB.png"
+from ..contract import CLASSES_FILE, EXPORT_FILE, IGNORE_COLOR, IMAGES_DIR, MASKS_DIR, SPLITS, image_path, mask_path
+
 BACKGROUND = {"id": 0, "name": "background", "color": [0, 0, 0]}
-#: Colour of ignored pixels in the masks (outside the area of interest, image nodata); no class uses it.
-IGNORE_COLOR = (255, 255, 255)
-IGNORE_ID = 255
 #: Colours for the user's classes, in order: saturated and far apart, so masks are legible to a person too.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -37,7 +35,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
     (0, 0, 128), (128, 128, 128),
 )
-SPLITS = ("train", "val")
 
 
 class ExportError(ValueError):
@@ -237,24 +234,23 @@ class TrainingDataWriter:
         if self.partial.exists():
             shutil.rmtree(self.partial)
         for split in SPLITS:
-            (self.partial / split / "images").mkdir(parents=True)
-            (self.partial / split / "masks").mkdir(parents=True)
+            (self.partial / split / IMAGES_DIR).mkdir(parents=True)
+            (self.partial / split / MASKS_DIR).mkdir(parents=True)
         return self
 
     def write(self, tile: Tile, rgb: np.ndarray, labels: np.ndarray) -> None:
         """One image/mask pair; ``labels`` uses 255 for ignored pixels."""
-        folder = self.partial / tile.split
-        _write_png(folder / "images" / f"{tile.name}.png", rgb)
-        _write_png(folder / "masks" / f"{tile.name}{MASK_SUFFIX}", labels_to_colors(labels, self.table))
+        _write_png(image_path(self.partial, tile.split, tile.name), rgb)
+        _write_png(mask_path(self.partial, tile.split, tile.name), labels_to_colors(labels, self.table))
         self.counts[tile.split] += 1
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Write classes.json and export.json, then move the folder to OUT in one rename."""
         if self.counts["train"] == 0:
             raise ExportError("No tile holds a labelled pixel in the training part: label more of the area.")
-        (self.partial / "classes.json").write_text(json.dumps(self.table, indent=2) + "\n", encoding="utf-8")
+        (self.partial / CLASSES_FILE).write_text(json.dumps(self.table, indent=2) + "\n", encoding="utf-8")
         manifest = {**manifest, "classes": self.table, "tiles_per_split": dict(self.counts)}
-        (self.partial / "export.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (self.partial / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if self.output.exists():
             self.output.rmdir()  # empty, checked at the start
         os.replace(self.partial, self.output)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..client import training_protocol as T
 from ..client.protocol import ProtocolError, Request
+from ..contract import CLASSES_FILE, IMAGES_DIR, SPLITS, check_dataset_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: An upload that stops for this long, or a result nobody fetches within RESULT_KEEP_S, is dropped.
@@ -288,15 +289,10 @@ class TrainingManager:
 def _check_export(data: Path) -> None:
     """The uploaded folder has an export's shape: a class table and training pairs."""
     try:
-        table = json.loads((data / "classes.json").read_text(encoding="utf-8"))
-        ok = isinstance(table, list) and all(isinstance(row, dict) and {"id", "name", "color"} <= set(row)
-                                             for row in table) and len(table) >= 2
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
-        raise ProtocolError("classes.json is missing or is not a class table (a list of {id, name, color})",
-                            "bad_file")
-    if not any((data / "train" / "images").glob("*.png")):
+        check_dataset_table(json.loads((data / CLASSES_FILE).read_text(encoding="utf-8")), f"{CLASSES_FILE}:")
+    except (OSError, ValueError) as exc:  # ClassTableError and JSONDecodeError are ValueErrors
+        raise ProtocolError(f"{CLASSES_FILE} is missing or is not a class table ({exc})", "bad_file") from None
+    if not any((data / SPLITS[0] / IMAGES_DIR).glob("*.png")):
         raise ProtocolError("the upload has no training images (train/images/*.png)", "bad_file")
 
 
