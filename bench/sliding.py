@@ -8,7 +8,7 @@ Paths, each measured in a fresh subprocess so its peak RSS is its own:
   (a) reference  a faithful re-implementation of the reference evaluation: the whole image in memory,
                  full-image float32 probability and count accumulators (C×H×W + H×W), windows one at a time
                  (batch 1), plain eager NCHW model.
-  (b) torch      this engine (factseg_core.streaming.stream_predict) on a TorchRunner: rows read from the
+  (b) torch      this engine (factseg_core.sweep.stream_predict) on a TorchRunner: rows read from the
                  raster file in bands, batched windows, channels_last, accumulators of open rows only.
   (c) onnx       the same engine on onnxruntime (OnnxRunner, the exported FactSeg with CP fusion).
   (d) torch-bf16 the engine on torch under bfloat16 autocast (opt-in ``--precision bf16`` of the worker: fast on

@@ -2,10 +2,9 @@
 
 Inference, top-down: :mod:`.chunks` (one independent chunk, what the worker serves) and :mod:`.sweep` (a
 whole raster in bounded memory) drive :mod:`.engine` (batches through a :class:`WindowRunner`, summed
-probabilities) over the grid of :mod:`.windows`; :mod:`.backends` makes the runners; :mod:`.sliding` is
+probabilities) over the grid of :mod:`.windows`; :mod:`.runners` makes the runners (:mod:`.backends` for torch/onnx, :mod:`.precision` for bf16/fp16/int8); :mod:`.sliding` is
 the array-level reference they are checked against. Defaults live in :mod:`.config`.
 """
-from .backends import make_runner
 from .checkpoint import CheckpointError, load_model, save_checkpoint
 from .chunks import chunk_probabilities, predict_chunk
 from .classes import ISAID_CLASSES, ClassInfo
@@ -14,6 +13,7 @@ from .engine import NODATA_FILL, Cancelled, WindowRunner, effective_batch_size
 from .fusion import cp_fusion
 from .losses import joint_loss
 from .model import FactSeg, FactSegConfig
+from .runners import make_runner
 from .sliding import sliding_predict
 from .sweep import stream_predict
 from .windows import (

@@ -23,12 +23,10 @@ import torch
 from torch import nn
 
 from .classes import ClassInfo, classes_from_dicts, classes_to_dicts
-from .config import MEAN, PATCH_SIZE, STD, STRIDE
+from .config import MEAN, ONNX_METADATA_KEY, PATCH_SIZE, STD, STRIDE
 from .engine import WindowRunner
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: Key of the JSON metadata entry written into exported ONNX files (see :mod:`factseg_core.onnx_export`).
-ONNX_METADATA_KEY = "factseg"
 _LOG = logging.getLogger(__name__)
 
 
@@ -292,18 +290,10 @@ class OnnxRunner:
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
 
 
-def make_runner(model_path: str | Path, backend: str = "torch", device: str = "auto", **options: Any) -> WindowRunner:
-    """A runner for a weight file: ``torch`` loads our checkpoint or the released factseg50.pth, ``onnx`` an export.
-
-    ``options`` go to the runner (torch: amp, channels_last; onnx: threads). Both runners expose ``classes``
-    and ``model_info``. ``precision`` (fp32, bf16, fp16, int8, auto) is resolved by
-    :func:`factseg_core.precision.precision_runner`: int8 runs the cached quantized ONNX of the model.
-    """
-    precision = options.pop("precision", None)
-    if precision not in (None, "fp32"):
-        from .precision import precision_runner
-
-        return precision_runner(model_path, precision, backend=backend, device=device, **options)
+def build_runner(model_path: str | Path, backend: str = "torch", device: str = "auto", **options: Any) -> WindowRunner:
+    """A float runner for a weight file: ``torch`` loads our checkpoint or the released factseg50.pth, ``onnx`` an
+    export. ``options`` go to the runner (torch: amp, channels_last, max_batch; onnx: threads, max_batch).
+    Precision choices (int8, auto) are :func:`factseg_core.runners.make_runner`'s, which calls this."""
     if backend == "torch":
         from .checkpoint import load_model
 
@@ -330,5 +320,5 @@ def runner_info(runner: WindowRunner) -> dict[str, Any]:
     }
 
 
-__all__ = ["OnnxRunner", "OutOfDeviceMemory", "TorchRunner", "WindowRunner", "make_runner", "read_onnx_metadata", "resolve_device", "run_with_backoff",
+__all__ = ["OnnxRunner", "OutOfDeviceMemory", "TorchRunner", "WindowRunner", "build_runner", "read_onnx_metadata", "resolve_device", "run_with_backoff",
            "runner_info", "is_out_of_memory"]

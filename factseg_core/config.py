@@ -16,8 +16,11 @@ STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 #: Windows are zero-padded (after normalisation) to a multiple of this, the encoder's output stride.
 SIZE_DIVISOR: int = 32
 
+#: Key of the JSON metadata entry written into exported ONNX files (see :mod:`factseg_core.onnx_export`).
+ONNX_METADATA_KEY: str = "factseg"
+
 #: Small-object mining keeps this fraction of the hardest valid pixel losses (paper: 10%).
 SOM_RATIO: float = 0.1
 
-__all__ = ["BATCH_SIZE", "CHUNK_SIZE", "IGNORE_INDEX", "MAX_PATCH", "MEAN", "NODATA_CLASS", "PATCH_SIZE", "SIZE_DIVISOR", "SOM_RATIO",
+__all__ = ["BATCH_SIZE", "CHUNK_SIZE", "IGNORE_INDEX", "MAX_PATCH", "MEAN", "NODATA_CLASS", "ONNX_METADATA_KEY", "PATCH_SIZE", "SIZE_DIVISOR", "SOM_RATIO",
            "STD", "STRIDE"]

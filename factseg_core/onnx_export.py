@@ -2,7 +2,7 @@
 
 The graph maps a normalised N×3×H×W float32 input (H, W multiples of 32) to CP-fused probabilities
 N×C×H×W, exactly what :class:`factseg_core.backends.OnnxRunner` feeds and expects. A JSON metadata entry
-(key :data:`~factseg_core.backends.ONNX_METADATA_KEY`) carries the class table, mean/std, patch, stride and
+(key :data:`~factseg_core.config.ONNX_METADATA_KEY`) carries the class table, mean/std, patch, stride and
 backbone, so the worker can serve the file without the checkpoint; the same values are also written as
 plain keys (``class_names``, ``mean``…) for tools such as Netron.
 
@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backends import ONNX_METADATA_KEY
 from .classes import classes_to_dicts
-from .config import MEAN, PATCH_SIZE, STD, STRIDE
+from .config import MEAN, ONNX_METADATA_KEY, PATCH_SIZE, STD, STRIDE
 from .model import FactSeg
 
 DEFAULT_OPSET = 17

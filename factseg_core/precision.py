@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends import OnnxRunner, build_runner, resolve_device
 from .quantize import CalibrationNeeded, QuantizeOptions, cached_int8, calibration_windows, file_sha256
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
@@ -74,8 +75,6 @@ def precision_runner(model_path: str | Path, precision: str, backend: str = "tor
     int8 runs the cached quantized ONNX of the model on the CPU (:class:`~factseg_core.quantize.CalibrationNeeded`
     when the model has not been calibrated); bf16/fp16 run the torch backend under autocast.
     """
-    from .backends import OnnxRunner, make_runner, resolve_device
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
@@ -87,8 +86,8 @@ def precision_runner(model_path: str | Path, precision: str, backend: str = "tor
     if precision in ("bf16", "fp16"):
         if backend != "torch" or str(model_path).lower().endswith(".onnx"):
             raise ValueError(f"precision {precision} needs the torch backend and a checkpoint, not an ONNX file")
-        return make_runner(model_path, backend="torch", device=device, amp=precision, **options)
-    return make_runner(model_path, backend=backend, device=device, **options)
+        return build_runner(model_path, backend="torch", device=device, amp=precision, **options)
+    return build_runner(model_path, backend=backend, device=device, **options)
 
 
 def _onnx_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +127,6 @@ def probe(model_path: str | Path, backend: str = "torch", device: str = "auto", 
 
     ``make(precision)`` builds the runner (default: :func:`precision_runner` for ``model_path``).
     """
-    from .backends import resolve_device
-
     device = resolve_device(device)
     make = make or (lambda p: precision_runner(model_path, p, backend=backend, device=device))
     windows = probe_windows(images, side=side)

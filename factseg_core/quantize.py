@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import MEAN, STD
+from .config import MEAN, ONNX_METADATA_KEY, STD
 
 FORMATS = ("qdq", "qoperator")
 #: Side of the calibration crops: activation ranges of a fully convolutional net do not depend on window size.
@@ -193,8 +193,6 @@ def quantize_onnx(source: str | Path, target: str | Path, windows: list[np.ndarr
 
 def _copy_metadata(source, target, extra: dict) -> None:
     """Keep the exporter's self-description (classes, mean/std…) and record how the file was quantized."""
-    from .backends import ONNX_METADATA_KEY
-
     props = {p.key: p.value for p in source.metadata_props}
     if ONNX_METADATA_KEY in props:
         meta = json.loads(props[ONNX_METADATA_KEY])

@@ -19,6 +19,7 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsAuthManager, QgsAuthMethodConfig
 
 from .errors import FactSegError
+from .worker_import import keys
 
 AUTH_METHOD = "Basic"
 _CLIENT_PUBLIC, _CLIENT_SECRET, _SERVER_PUBLIC = "username", "password", "realm"
@@ -72,23 +73,13 @@ def checked_keys(server_public: bytes | str, client_public: bytes | str, client_
 
 # -- key files ----------------------------------------------------------------------------------------------
 
-def _load_certificate(path: str | os.PathLike, what: str) -> tuple[bytes | None, bytes | None]:
-    import zmq.auth
-
-    path = Path(path)
-    if not str(path) or not path.is_file():
-        raise FactSegError(f"The {what} file {path} does not exist.")
-    try:
-        return zmq.auth.load_certificate(str(path))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise FactSegError(f"The {what} file {path} is not a CURVE key file written by python -m worker.keys "
-                           f"({exc}).") from None
-
-
 def server_key_from_file(server_key_file: str | os.PathLike) -> bytes:
     """The worker's public key from its ``server.key`` (a ``.key_secret`` file works too)."""
-    public, _ = _load_certificate(server_key_file, "worker's public key")
-    return z85_key(public or b"", f"public key in {server_key_file}")
+    try:
+        public = keys.load_public_key(server_key_file, "worker's public key")
+    except keys.KeyFileError as exc:
+        raise FactSegError(str(exc)) from None
+    return z85_key(public, f"public key in {server_key_file}")
 
 
 def server_key_from_text_or_file(value: str) -> bytes:
@@ -104,11 +95,11 @@ def server_key_from_text_or_file(value: str) -> bytes:
 def curve_keys_from_files(server_key_file: str | os.PathLike, client_secret_file: str | os.PathLike) -> CurveKeys:
     """Keys from ``python -m worker.keys`` files: the worker's ``server.key`` and the client's ``NAME.key_secret``."""
     server_public = server_key_from_text_or_file(str(server_key_file))
-    public, secret = _load_certificate(client_secret_file, "client secret key")
-    if not secret:
-        raise FactSegError(f"The client key file {client_secret_file} holds no secret key: give the client's "
-                           "NAME.key_secret file, not its public NAME.key.")
-    return checked_keys(server_public, public or b"", secret)
+    try:
+        public, secret = keys.load_client_keys(client_secret_file)
+    except keys.KeyFileError as exc:
+        raise FactSegError(str(exc)) from None
+    return checked_keys(server_public, public, secret)
 
 
 # -- the authentication database ----------------------------------------------------------------------------

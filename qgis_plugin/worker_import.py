@@ -26,7 +26,8 @@ def _worker_module(name: str) -> ModuleType:
 
 
 client = _worker_module("client")
-contract = _worker_module("contract")  # the shared contract: defaults, limits, training-data layout, class table
+contract = _worker_module("contract")
+keys = _worker_module("client.keys")  # the one key-file loader  # the shared contract: defaults, limits, training-data layout, class table
 protocol = _worker_module("client.protocol")
 raster_output = _worker_module("io.raster_output")
 vectorize = _worker_module("io.vectorize")

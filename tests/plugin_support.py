@@ -112,7 +112,8 @@ def start_curve_worker(checkpoint: Path, keys_dir: Path):
     """A real worker on tcp loopback that requires CURVE: its keys and one allowed client (``python -m
     worker.keys``). Returns (worker, key paths)."""
     from worker.client import start_local_worker
-    from worker.keys import generate, load_client_keys, load_public_key
+    from worker.client.keys import load_client_keys, load_public_key
+    from worker.keys import generate
 
     paths = generate(keys_dir)
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"

@@ -5,7 +5,7 @@
     .venv/bin/python training/evaluate.py --model CKPT --image scene.tif --label scene_gt.tif
 
 Whole images are predicted with the reference window grid by the streaming engine the worker uses
-(``factseg_core.streaming.stream_predict``, memory bounded by one band of windows), so the figures are
+(``factseg_core.sweep.stream_predict``, memory bounded by one band of windows), so the figures are
 those a user gets from the plugin. IoU_k = TP / (TP + FP + FN) over all pixels of the split (labels 255
 ignored). A class absent from both the ground truth and the predictions has no IoU (NaN, shown as "-") and
 is left out of the means; mIoU averages all other classes, foreground mIoU all of them except background.
@@ -32,7 +32,7 @@ from factseg_core import CheckpointError, load_model
 from factseg_core.backends import TorchRunner
 from factseg_core.classes import ISAID_CLASSES, ClassInfo
 from factseg_core.config import IGNORE_INDEX, PATCH_SIZE, STRIDE
-from factseg_core.streaming import stream_predict
+from factseg_core.sweep import stream_predict
 from training.errors import DataError
 from training.isaid import find_pairs, load_pair
 

@@ -144,15 +144,15 @@ def _curve_keys(args: argparse.Namespace) -> tuple[bytes | None, tuple[bytes, by
         return None, None
     if not (args.server_key and args.client_key):
         raise InputError("CURVE needs both --server-key and --client-key")
-    from .keys import load_client_keys, load_public_key
+    from .client.keys import KeyFileError, load_client_keys, load_public_key
 
     try:
         server_key = load_public_key(args.server_key)
-    except (OSError, ValueError) as exc:
+    except KeyFileError as exc:
         raise InputError(f"--server-key {args.server_key} holds no usable public key ({exc})") from None
     try:
         client_keys = load_client_keys(args.client_key)
-    except (OSError, ValueError) as exc:
+    except KeyFileError as exc:
         raise InputError(f"--client-key {args.client_key} holds no usable secret key ({exc})") from None
     if not server_key:
         raise InputError(f"--server-key {args.server_key} holds no public key")

@@ -12,9 +12,10 @@ import torch
 from conftest import REPO_ROOT, VENV_PYTHON
 
 from factseg_core import plan_chunks, predict_chunk, sliding_predict, stream_predict
-from factseg_core.backends import OnnxRunner, TorchRunner, make_runner, read_onnx_metadata, runner_info
+from factseg_core.backends import OnnxRunner, TorchRunner, read_onnx_metadata, runner_info
 from factseg_core.config import MEAN, STD
 from factseg_core.onnx_export import compare_with_torch
+from factseg_core.runners import make_runner
 
 EXPORT = [str(VENV_PYTHON), str(REPO_ROOT / "training" / "export_onnx.py")]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from factseg_core import save_checkpoint
-from factseg_core.backends import OnnxRunner, TorchRunner, make_runner, read_onnx_metadata, runner_info
+from factseg_core.backends import OnnxRunner, TorchRunner, read_onnx_metadata, runner_info
 from factseg_core.config import MEAN, STD
 from factseg_core.losses import joint_loss
 from factseg_core.quantize import (
@@ -26,6 +26,7 @@ from factseg_core.quantize import (
     calibration_windows,
     float_tail,
 )
+from factseg_core.runners import make_runner
 from training.synthetic import generate
 
 #: Stated bound: pixels whose class differs between the int8 and the exact path (trained model, held-out scene).

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from factseg_core.backends import OnnxRunner, OutOfDeviceMemory, TorchRunner, is_out_of_memory, runner_info
-from factseg_core.streaming import stream_predict
+from factseg_core.sweep import stream_predict
 
 
 class FailsAbove(torch.nn.Module):

@@ -397,8 +397,10 @@ def test_runners_satisfy_the_engine_protocol(runner):
 
 
 def test_engine_names_are_exported_from_the_package():
+    import importlib.util
+
     import factseg_core
-    from factseg_core import backends, chunks, engine, streaming, sweep, windows
+    from factseg_core import backends, chunks, engine, runners, sweep, windows
 
     for module in (chunks, engine, sweep, windows):
         for name in module.__all__:
@@ -407,9 +409,8 @@ def test_engine_names_are_exported_from_the_package():
     for name in ("predict_chunk", "chunk_probabilities", "stream_predict", "Cancelled", "effective_batch_size",
                  "WindowRunner", "plan_chunks", "plan_size", "source_window", "windows_touching", "Chunk"):
         assert name in factseg_core.__all__, name
-    assert factseg_core.make_runner is backends.make_runner and backends.WindowRunner is engine.WindowRunner
-    for name in streaming.__all__:  # the compatibility module re-exports, it defines nothing
-        assert getattr(streaming, name) is getattr(factseg_core, name), name
+    assert factseg_core.make_runner is runners.make_runner and backends.WindowRunner is engine.WindowRunner
+    assert importlib.util.find_spec("factseg_core.streaming") is None  # no compatibility module: one home each
 
 
 def test_progress_reaches_one(runner):

@@ -33,7 +33,7 @@ def auth_manager(qgis_app):
 def curve_worker(tiny_checkpoint, key_files):
     """A real worker that requires CURVE (its own key, the analyst as the one allowed client), on 127.0.0.1."""
     from worker.client import start_local_worker
-    from worker.keys import load_client_keys, load_public_key
+    from worker.client.keys import load_client_keys, load_public_key
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -131,7 +131,7 @@ def test_malformed_keys_and_missing_files_are_one_sentence(auth_manager, key_fil
 
 def test_a_curve_worker_is_reached_with_keys_from_the_auth_database(auth_manager, key_files, curve_worker) -> None:
     from qgis_plugin.auth import curve_keys, import_key_files
-    from qgis_plugin.worker_env import check_worker
+    from qgis_plugin.worker_check import check_worker
 
     keys = curve_keys(import_key_files("loopback worker", key_files["server_public"], key_files["analyst_secret"]))
     result = check_worker(curve_worker, keys, timeout_s=10)
@@ -148,7 +148,7 @@ def test_a_curve_worker_is_reached_with_keys_from_the_auth_database(auth_manager
 ])
 def test_wrong_or_missing_keys_are_one_clear_sentence(auth_manager, key_files, curve_worker, who, sentence) -> None:
     from qgis_plugin.auth import curve_keys, import_key_files
-    from qgis_plugin.worker_env import check_worker
+    from qgis_plugin.worker_check import check_worker
 
     files = {"stranger": ("server_public", "other_stranger_secret"),
              "wrong_server_key": ("other_server_public", "analyst_secret")}.get(who)
@@ -164,7 +164,7 @@ def test_check_worker_task_runs_off_the_gui_thread(qgis_app, auth_manager, key_f
     from qgis.core import QgsApplication, QgsTask
 
     from qgis_plugin.auth import curve_keys, import_key_files
-    from qgis_plugin.worker_env import CheckWorkerTask
+    from qgis_plugin.worker_check import CheckWorkerTask
 
     keys = curve_keys(import_key_files("task", key_files["server_public"], key_files["analyst_secret"]))
     task = CheckWorkerTask(curve_worker, keys, timeout_s=10)

@@ -22,7 +22,7 @@ WHEEL_CACHE = Path(os.environ.get("FACTSEG_WHEEL_CACHE", Path.home() / ".cache" 
 @pytest.fixture(scope="module")
 def bare_venv(tmp_path_factory) -> str:
     """A real Python without torch, pyzmq or numpy (a fresh venv without system site packages)."""
-    from qgis_plugin.worker_env import find_base_python, venv_python
+    from qgis_plugin.worker_python import find_base_python, venv_python
 
     folder = tmp_path_factory.mktemp("bare") / "env"
     subprocess.run([find_base_python(), "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
@@ -30,7 +30,7 @@ def bare_venv(tmp_path_factory) -> str:
 
 
 def test_the_project_python_can_run_the_worker(qgis_app) -> None:
-    from qgis_plugin.worker_env import check_worker_python
+    from qgis_plugin.worker_python import check_worker_python
 
     check = check_worker_python(PYTHON)
     assert check.ok, check.message
@@ -42,7 +42,7 @@ def test_the_project_python_can_run_the_worker(qgis_app) -> None:
 def test_check_python_task_reports_on_the_main_thread(qgis_app, bare_venv) -> None:
     from qgis.core import QgsApplication
 
-    from qgis_plugin.worker_env import CheckPythonTask
+    from qgis_plugin.worker_check import CheckPythonTask
 
     tasks = [CheckPythonTask(PYTHON), CheckPythonTask(bare_venv)]
     delivered: dict[str, object] = {}
@@ -58,7 +58,7 @@ def test_check_python_task_reports_on_the_main_thread(qgis_app, bare_venv) -> No
 
 
 def test_a_python_without_the_stack_says_what_is_missing(qgis_app, bare_venv) -> None:
-    from qgis_plugin.worker_env import check_worker_python
+    from qgis_plugin.worker_python import check_worker_python
 
     check = check_worker_python(bare_venv)
     assert not check.ok and check.version and check.torch is None and check.zmq is None
@@ -74,14 +74,14 @@ def test_a_python_without_the_stack_says_what_is_missing(qgis_app, bare_venv) ->
     ("", "No worker Python is set"),
 ])
 def test_things_that_are_not_a_worker_python(qgis_app, python: str, sentence: str) -> None:
-    from qgis_plugin.worker_env import check_worker_python
+    from qgis_plugin.worker_python import check_worker_python
 
     check = check_worker_python(python)
     assert not check.ok and sentence in check.message
 
 
 def test_a_base_python_is_found_and_a_missing_one_is_explained(qgis_app) -> None:
-    from qgis_plugin.worker_env import MIN_PYTHON, check_worker_python, find_base_python
+    from qgis_plugin.worker_python import MIN_PYTHON, check_worker_python, find_base_python
 
     found = find_base_python()
     assert tuple(int(v) for v in check_worker_python(found).version.split(".")[:2]) >= MIN_PYTHON
@@ -96,7 +96,7 @@ def test_torch_build_follows_the_gpu(qgis_app) -> None:
     assert torch_index_options(True, "linux") == []  # PyPI's Linux torch is the CUDA build
     assert torch_index_options(True, "win32") == ["--extra-index-url", TORCH_CUDA_INDEX]
     assert torch_index_options(False, "darwin") == []
-    from qgis_plugin.worker_env import worker_requirements_file
+    from qgis_plugin.worker_python import worker_requirements_file
 
     assert torch_requirement(worker_requirements_file()) == TORCH_PIN
     pins = worker_requirements_file().read_text()
@@ -108,7 +108,7 @@ def test_torch_build_follows_the_gpu(qgis_app) -> None:
 
 def test_setting_the_default_worker_python(qgis_app, bare_venv) -> None:
     from qgis_plugin.settings import PluginSettings
-    from qgis_plugin.worker_env import set_default_worker_python
+    from qgis_plugin.worker_python import set_default_worker_python
 
     before = PluginSettings.load().worker_python
     try:
@@ -130,7 +130,7 @@ def _processes_using(folder: Path) -> list[str]:
 
 
 def test_failed_install_removes_the_venv_and_keeps_a_log(qgis_app, tmp_path) -> None:
-    from qgis_plugin.worker_env import SetupWorkerTask
+    from qgis_plugin.worker_setup import SetupWorkerTask
 
     empty = tmp_path / "no-wheels"
     empty.mkdir()
@@ -147,7 +147,7 @@ def test_failed_install_removes_the_venv_and_keeps_a_log(qgis_app, tmp_path) -> 
 
 def test_cancel_kills_pip_and_removes_the_half_made_venv(qgis_app, tmp_path) -> None:
     """pip waits on an index that never answers; cancelling kills it and removes the new venv at once."""
-    from qgis_plugin.worker_env import SetupWorkerTask
+    from qgis_plugin.worker_setup import SetupWorkerTask
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -178,7 +178,7 @@ def test_cancel_kills_pip_and_removes_the_half_made_venv(qgis_app, tmp_path) -> 
 
 
 def test_an_existing_folder_is_never_reused(qgis_app, tmp_path) -> None:
-    from qgis_plugin.worker_env import SetupWorkerTask
+    from qgis_plugin.worker_setup import SetupWorkerTask
 
     (tmp_path / "env").mkdir()
     keep = tmp_path / "env" / "mine.txt"
@@ -191,7 +191,7 @@ def test_an_existing_folder_is_never_reused(qgis_app, tmp_path) -> None:
     assert free_env_dir(tmp_path / "env") == tmp_path / "env-2"
     from qgis.core import QgsApplication
 
-    from qgis_plugin.worker_env import default_env_dir
+    from qgis_plugin.worker_python import default_env_dir
 
     profile = Path(QgsApplication.qgisSettingsDirPath()).resolve()
     assert default_env_dir().resolve() == profile / "factseg" / "worker-python"
@@ -222,7 +222,8 @@ def test_set_up_worker_creates_a_venv_that_serves(qgis_app, tmp_path, tiny_check
 
     from qgis_plugin.local_workers import LocalWorkerSpec, local_endpoint, release
     from qgis_plugin.settings import PluginSettings
-    from qgis_plugin.worker_env import SetupWorkerTask, check_worker_python, find_base_python
+    from qgis_plugin.worker_python import check_worker_python, find_base_python
+    from qgis_plugin.worker_setup import SetupWorkerTask
     from worker.client import WorkerClient
 
     base = find_base_python()
@@ -253,6 +254,6 @@ def test_set_up_worker_creates_a_venv_that_serves(qgis_app, tmp_path, tiny_check
             release(spec)
         assert info["backbone"] == "resnet18" and info["device"] == "cpu" and len(info["classes"]) == 16
     finally:
-        from qgis_plugin.worker_env import set_default_worker_python
+        from qgis_plugin.worker_python import set_default_worker_python
 
         set_default_worker_python(before)

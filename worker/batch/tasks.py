@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 
+from factseg_core.quantize import file_sha256  # the model's identity in plugin names and output records
+
 from ..client import PlannedChunk
 from ..io.raster_source import InputError, RasterSource
 from . import engine
@@ -29,15 +31,6 @@ OPEN_RASTERS = 4
 _local = threading.local()
 _runner_lock = threading.Lock()
 _loaded: dict[tuple[str, str, str, str], Any] = {}  # one model per worker process, kept across runs
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (the model's identity in plugin names and output records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plugin_name(model_path: str, sha256: str) -> str:

@@ -1,75 +1,46 @@
-"""CURVE key generation for workers reachable over the network: ``python -m worker.keys --out DIR``.
+"""Reading CURVE key files (written by ``python -m worker.keys``): the one loader, with one error type.
 
-Writes ``DIR/server.key`` + ``DIR/server.key_secret`` (the worker's pair) and ``DIR/clients/NAME.key`` +
-``DIR/NAME.key_secret`` for each client name (default: one client, ``client``). Start the worker with
-``--curve-secret-key DIR/server.key_secret --curve-allowed-clients DIR/clients``; give each client its
-``NAME.key_secret`` and ``server.key``. Secret files are created readable by their owner only.
+Used inside QGIS (the plugin's key files and authentication database), by ``python -m worker.segment`` and by the
+worker itself (its secret key); each caller words :class:`KeyFileError` in its own error type if it must.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
 
-def generate(out: str | os.PathLike, clients: list[str] | tuple[str, ...] = ("client",)) -> dict[str, Path]:
-    """Create the server pair and one pair per client; returns the paths of the files written, by role."""
+class KeyFileError(ValueError):
+    """A key file that is missing, unreadable or without the key asked for; the message is one sentence."""
+
+
+def load_key_file(path: str | os.PathLike, what: str = "key") -> tuple[bytes, bytes | None]:
+    """``(public, secret or None)`` of a ``.key`` or ``.key_secret`` file; ``what`` names it in messages."""
     import zmq.auth
 
-    out = Path(out)
-    (out / "clients").mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    old = os.umask(0o077)
+    path = Path(path)
+    if not str(path) or not path.is_file():
+        raise KeyFileError(f"The {what} file {path} does not exist.")
     try:
-        public, secret = zmq.auth.create_certificates(str(out), "server")
-        paths["server_public"], paths["server_secret"] = Path(public), Path(secret)
-        for name in clients:
-            if not name or "/" in name or name == "server":
-                raise ValueError(f"invalid client name {name!r}")
-            public, secret = zmq.auth.create_certificates(str(out), name)
-            allowed = out / "clients" / f"{name}.key"
-            os.replace(public, allowed)
-            paths[f"{name}_public"], paths[f"{name}_secret"] = allowed, Path(secret)
-    finally:
-        os.umask(old)
-    return paths
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"The {what} file {path} is not a CURVE key file written by python -m worker.keys "
+                           f"({exc}).") from None
+    if not public:
+        raise KeyFileError(f"The {what} file {path} is not a CURVE key file written by python -m worker.keys "
+                           "(it holds no public key).")
+    return public, secret or None
 
 
-def load_client_keys(secret_file: str | os.PathLike) -> tuple[bytes, bytes]:
-    """(public, secret) of a client from its ``NAME.key_secret`` file, for ``WorkerClient(client_keys=...)``."""
-    import zmq.auth
-
-    public, secret = zmq.auth.load_certificate(str(secret_file))
-    if not secret:
-        raise ValueError(f"{secret_file} holds no secret key")
-    return public, secret
-
-
-def load_public_key(key_file: str | os.PathLike) -> bytes:
+def load_public_key(key_file: str | os.PathLike, what: str = "public key") -> bytes:
     """The public key of a ``.key`` (or ``.key_secret``) file, e.g. the server's for ``server_public_key``."""
-    import zmq.auth
-
-    public, _ = zmq.auth.load_certificate(str(key_file))
-    return public
+    return load_key_file(key_file, what)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.keys", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder to write the key files into")
-    parser.add_argument("--client", action="append", dest="clients", help="client name (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        paths = generate(args.out, args.clients or ["client"])
-    except (OSError, ValueError) as exc:
-        print(f"worker.keys: {exc}", file=sys.stderr)
-        return 1
-    for role, path in paths.items():
-        print(f"{role}: {path}")
-    print(f"start the worker with: --curve-secret-key {paths['server_secret']} "
-          f"--curve-allowed-clients {Path(args.out) / 'clients'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def load_client_keys(secret_file: str | os.PathLike, what: str = "client secret key",
+                     expected: str = "the client's NAME.key_secret file, not its public NAME.key") -> tuple[bytes, bytes]:
+    """(public, secret) from a ``NAME.key_secret`` file, for ``WorkerClient(client_keys=...)`` (or the worker's
+    own pair from ``server.key_secret``, with ``what``/``expected`` saying so)."""
+    public, secret = load_key_file(secret_file, what)
+    if not secret:
+        raise KeyFileError(f"The {what} file {secret_file} holds no secret key: give {expected}.")
+    return public, secret

@@ -23,7 +23,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .protocol import Message, ProtocolError, Request, check_int, check_str
+from ..contract import CLASSES_FILE, IMAGES_DIR, MASKS_DIR, SPLITS
+from .fields import Request, check_int, check_str
+from .wire import Message, ProtocolError
 
 TRAIN_OPS = ("train_begin", "train_file", "train_start", "train_status", "train_cancel", "train_result")
 #: Bytes of one uploaded or downloaded piece (well under the frame limit; a few pieces per second on a LAN).
@@ -34,7 +36,8 @@ MAX_FILE_BYTES = 1024**3
 MAX_ITERATIONS = 1_000_000
 INIT_CHOICES = ("served", "upload", "scratch")
 #: Files an upload may hold: the export's layout, an optional config and an optional initial checkpoint.
-FILE_NAME = re.compile(r"^(classes\.json|config\.yaml|init\.pt|(train|val)/(images|masks)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.png)$")
+FILE_NAME = re.compile(rf"^({re.escape(CLASSES_FILE)}|config\.yaml|init\.pt|({'|'.join(SPLITS)})/({IMAGES_DIR}|{MASKS_DIR})/"
+                       r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.png)$")
 #: States of a training job, in order; the last three are final.
 STATES = ("uploading", "running", "done", "failed", "cancelled")
 

@@ -22,7 +22,7 @@ class Engine:
     def __init__(self, model: str, backend: str = "torch", device: str = "auto", batch_size: int | None = None,
                  amp: str | None = None) -> None:
         import factseg_core
-        from factseg_core.backends import make_runner
+        from factseg_core.runners import make_runner
 
         self._core = factseg_core
         options = {"amp": amp} if amp else {}

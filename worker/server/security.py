@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client.endpoints import EndpointError, parse_endpoint
+from ..client.keys import KeyFileError, load_client_keys
 
 _HOW_TO_EXPOSE = (
     "Pass --curve-secret-key SERVER.key_secret and --curve-allowed-clients DIR (make them with: python -m "
@@ -59,12 +60,7 @@ def check_bound_endpoint(last_endpoint: str, curve: bool) -> None:
 
 def load_secret_key(path: str | os.PathLike) -> tuple[bytes, bytes]:
     """(public, secret) Z85 keys from a ``.key_secret`` certificate file written by ``python -m worker.keys``."""
-    from zmq.auth import load_certificate
-
     try:
-        public, secret = load_certificate(str(path))
-    except (OSError, ValueError) as exc:
-        raise WorkerStartError(f"cannot read CURVE key file {path}: {exc}") from None
-    if not secret:
-        raise WorkerStartError(f"{path} holds no secret key; pass the server's .key_secret file")
-    return public, secret
+        return load_client_keys(path, "worker's secret key", "the server's .key_secret file")
+    except KeyFileError as exc:
+        raise WorkerStartError(str(exc)) from None

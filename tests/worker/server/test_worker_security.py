@@ -11,8 +11,9 @@ import zmq
 from worker_support import PYTHON, REPO
 
 from worker.client import WorkerClient, start_local_worker
+from worker.client.keys import load_client_keys, load_public_key
 from worker.client.protocol import WorkerUnavailable
-from worker.keys import generate, load_client_keys, load_public_key
+from worker.keys import generate
 
 
 def _free_port() -> int:
