@@ -84,15 +84,16 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything after argument parsing; returns the statistics. Raises InputError/ClusterError before work."""
-    from . import engine
+    from ..contract import BATCH_SIZE, CHUNK_SIZE
+    from ..engine import chunk_plan
     from .cluster import ClusterError, dashboard_link, open_client
     from .inputs import expand_inputs, plan_outputs
     from .run import BatchOptions, BatchRun, prepare_job
     from .tasks import ModelPlugin, describe_model, file_sha256
 
     started = time.monotonic()
-    args.chunk_size = args.chunk_size or engine.CHUNK_SIZE
-    args.batch_size = args.batch_size or engine.BATCH_SIZE
+    args.chunk_size = args.chunk_size or CHUNK_SIZE
+    args.batch_size = args.batch_size or BATCH_SIZE
     model = Path(args.model)
     if not model.is_file():
         raise InputError(f"model {model} does not exist")
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         options = BatchOptions(model.name, sha256, args.backend, patch, stride, args.chunk_size, args.batch_size,
                                args.tta, args.confidence, args.vector, args.bands, args.retries)
         try:
-            engine.plan(64, 64, patch, stride, args.chunk_size)  # patch/stride checked once, with the engine's words
+            chunk_plan(64, 64, patch, stride, args.chunk_size)  # patch/stride checked once, with the engine's words
         except ValueError as exc:
             raise InputError(str(exc)) from None
         jobs = [prepare_job(i, item, final, options) for i, (item, final) in enumerate(zip(inputs, finals))]

@@ -18,9 +18,9 @@ from typing import Any
 from distributed import Client, Future, as_completed
 
 from ..client import PlannedChunk
+from ..engine import chunk_plan
 from ..io.raster_output import confidence_path
 from ..io.raster_source import InputError
-from . import engine
 from .inputs import RasterMeta, probe
 from .journal import RunRecord, read_record
 from .output import RasterOutput
@@ -82,7 +82,7 @@ def prepare_job(seq: int, item: str, final: Path, options: BatchOptions) -> Rast
     grid = job.meta.grid
     job.record = RunRecord(options.model_sha256, options.model_name, options.backend, options.patch, options.stride,
                            job.meta.bands, options.tta, options.confidence, (grid.height, grid.width))
-    job.chunks = engine.plan(grid.height, grid.width, options.patch, options.stride, options.chunk_size)
+    job.chunks = chunk_plan(grid.height, grid.width, options.patch, options.stride, options.chunk_size)
     if final.exists():
         readable, record = read_record(final)
         if record is None:

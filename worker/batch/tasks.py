@@ -23,8 +23,9 @@ from distributed import WorkerPlugin, get_worker
 from factseg_core.quantize import file_sha256  # the model's identity in plugin names and output records
 
 from ..client import PlannedChunk
+from ..contract import NODATA_CLASS
+from ..engine import Engine
 from ..io.raster_source import InputError, RasterSource
-from . import engine
 
 #: Rasters kept open per worker thread (GDAL datasets are not shared between threads).
 OPEN_RASTERS = 4
@@ -79,7 +80,7 @@ class ModelPlugin(WorkerPlugin):
         self.model_path, self.sha256, self.backend, self.device = str(model_path), sha256, backend, device
         self.threads, self.gpus = threads, tuple(gpus)
         self.name = plugin_name(self.model_path, sha256)
-        self.runner: Any = None
+        self.engine: Engine | None = None
         self.description: dict[str, Any] = {}
 
     def setup(self, worker: Any) -> None:
@@ -87,8 +88,8 @@ class ModelPlugin(WorkerPlugin):
             self._pin_gpu(worker)
         _undo_nanny_malloc_trim()
         self.use_threads()
-        self.runner = _load_runner(self.model_path, self.sha256, self.backend, self.device, worker.address)
-        self.description = {**engine.describe_runner(self.runner), "worker": worker.address}
+        self.engine = _load_engine(self.model_path, self.sha256, self.backend, self.device, worker.address)
+        self.description = {**self.engine.describe(), "worker": worker.address}
 
     def use_threads(self) -> None:
         """Torch CPU threads for the calling thread: OpenMP's count is per thread, and tasks run in Dask's own."""
@@ -130,7 +131,7 @@ def _undo_nanny_malloc_trim() -> None:
     libc.mallopt(m_mmap_threshold, 32 << 20)
 
 
-def _load_runner(model_path: str, sha256: str, backend: str, device: str, where: str) -> Any:
+def _load_engine(model_path: str, sha256: str, backend: str, device: str, where: str) -> Engine:
     key = (model_path, sha256, backend, device)
     with _runner_lock:
         if key not in _loaded:
@@ -139,14 +140,14 @@ def _load_runner(model_path: str, sha256: str, backend: str, device: str, where:
                 raise ValueError(f"the model {model_path} on worker {where} has SHA-256 {found[:12]}…, the client's "
                                  f"has {sha256[:12]}…; every worker must see the same model file")
             _loaded.clear()  # one model per process: a new model replaces the old one
-            _loaded[key] = engine.load_runner(model_path, backend=backend, device=device)
+            _loaded[key] = Engine(model_path, backend=backend, device=device)
         return _loaded[key]
 
 
 def _plugin(name: str) -> ModelPlugin:
     worker = get_worker()
     plugin = worker.plugins.get(name)
-    if plugin is None or getattr(plugin, "runner", None) is None:
+    if plugin is None or getattr(plugin, "engine", None) is None:
         raise RuntimeError(f"the FactSeg model plugin {name} is not loaded on worker {worker.address}; see its log")
     return plugin
 
@@ -188,11 +189,12 @@ def segment_chunk(name: str, spec: SourceSpec, chunk: PlannedChunk, options: Chu
         if not valid[oy0 - sy0 : oy1 - sy0, ox0 - sx0 : ox1 - sx0].any():  # nothing to classify (as the client does)
             shape = (oy1 - oy0, ox1 - ox0)
             conf = np.zeros(shape, np.float32) if options.confidence else None
-            return ChunkResult(chunk.index, np.full(shape, engine.NODATA_CLASS, np.uint8), conf, address,
+            return ChunkResult(chunk.index, np.full(shape, NODATA_CLASS, np.uint8), conf, address,
                                time.perf_counter() - started, skipped=True)
         if valid.all():
             valid = None
-    classes, conf = engine.predict(plugin.runner, pixels, valid, spec.size, chunk, options.patch, options.stride,
-                                   options.batch_size, options.tta, options.confidence)
+    classes, conf = plugin.engine.predict_chunk(pixels, valid, spec.size, chunk.src, chunk.out, options.patch,
+                                                options.stride, options.tta, options.confidence,
+                                                batch_size=options.batch_size)
     return ChunkResult(chunk.index, classes, conf if options.confidence else None, address,
                        time.perf_counter() - started)

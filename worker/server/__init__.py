@@ -1,4 +1,5 @@
-"""The worker process: ZeroMQ service, engine adapter, queue, security and start-up (``python -m worker``)."""
+"""The worker process: ZeroMQ service, queue, security and start-up (``python -m worker``); the engine adapter is
+:mod:`worker.engine`, shared with ``worker.batch``."""
 from .main import main
 
 __all__ = ["main"]

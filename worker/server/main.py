@@ -11,7 +11,7 @@ from typing import Any
 from factseg_core import config
 
 from ..client import protocol as P
-from .engine import Engine
+from ..engine import Engine
 from .logs import log_event, setup_logging
 from .security import WorkerStartError, check_bind_security
 from .service import DEFAULT_BIND, DEFAULT_CHUNK_SIZE, Worker

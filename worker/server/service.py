@@ -27,7 +27,7 @@ from factseg_core import config
 from ..client import protocol as P
 from ..client.receive import Received, receive
 from ..contract import DEFAULT_ENDPOINT as DEFAULT_BIND
-from .engine import Engine
+from ..engine import Engine
 from .inference import InferenceThread
 from .logs import log_event
 from .queue import FairQueue, Job, WorkState

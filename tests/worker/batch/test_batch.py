@@ -202,15 +202,15 @@ def test_a_file_not_written_by_batch_is_never_replaced(scenes, tmp_path: Path) -
 
 
 def test_an_unreadable_partial_file_is_recomputed_not_trusted(tmp_path: Path) -> None:
-    from worker.batch.engine import plan
     from worker.batch.journal import RunRecord
     from worker.batch.output import RasterGrid, RasterOutput
+    from worker.engine import chunk_plan
     from worker.io.raster_output import partial_path
 
     classes = [{"id": 0, "name": "background", "color": [0, 0, 0]}, {"id": 1, "name": "ship", "color": [255, 0, 0]}]
     grid = RasterGrid(96, 128, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "")
     record = RunRecord("ab" * 32, "m.pt", "torch", PATCH, STRIDE, (1, 2, 3), False, False, (96, 128))
-    chunks = plan(96, 128, PATCH, STRIDE, 32)
+    chunks = chunk_plan(96, 128, PATCH, STRIDE, 32)
     final = tmp_path / "x.tif"
 
     def block(chunk) -> np.ndarray:
