@@ -200,6 +200,17 @@ def test_shared_rules_are_defined_once(name):
     assert defined == [ONE_DEFINITION[name]], defined
 
 
+def test_class_tables_are_checked_by_the_contract_alone():
+    """A validator spells out the entry keys; only factseg_contract/class_table.py may (others call it)."""
+    spelled = []
+    for path in _modules():
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and all(isinstance(e, ast.Constant) for e in node.elts):
+                if sorted(str(e.value) for e in node.elts) == ["color", "id", "name"]:
+                    spelled.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not spelled, f"class-table keys checked outside factseg_contract.class_table: {spelled}"
+
+
 def test_the_contract_is_torch_free_and_stdlib_only():
     import sys
 
