@@ -14,8 +14,8 @@ from PIL import Image
 from factseg_core.classes import ISAID_CLASSES
 from factseg_core.config import IGNORE_INDEX, MEAN, STD
 from factseg_core.windows import window_grid
+from training.errors import DataError
 from training.isaid import (
-    DataError,
     PatchDataset,
     augment,
     colors_to_ids,
