@@ -3,7 +3,10 @@
 - no module over 500 lines and no function over 80 lines in the four packages;
 - no ``sys.path`` edits in them;
 - the plugin imports from ``worker`` only its QGIS-side rooms, ``worker.client`` and ``worker.io``;
-- the window grid (window starts, chunk plans) is defined in ``factseg_core/windows.py`` alone.
+- the window grid (window starts, chunk plans) is defined in ``factseg_core/windows.py`` alone;
+- (issue "One contract") the defaults, limits, training-data layout and class-table rule are defined in
+  ``factseg_contract`` alone (no second definition, no stray literal), key files have one loader, and no two
+  project modules import each other, even through imports inside functions.
 """
 from __future__ import annotations
 
@@ -22,19 +25,23 @@ def _modules() -> list[Path]:
     return sorted(p for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py") if "__pycache__" not in p.parts)
 
 
+def _contract_modules() -> list[Path]:
+    return sorted(p for p in (REPO_ROOT / "factseg_contract").rglob("*.py") if "__pycache__" not in p.parts)
+
+
 def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
 def test_no_module_is_over_the_limit():
-    long = {str(p.relative_to(REPO_ROOT)): n for p in _modules()
+    long = {str(p.relative_to(REPO_ROOT)): n for p in _modules() + _contract_modules()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
 def test_no_function_is_over_the_limit():
     long = {}
-    for path in _modules():
+    for path in _modules() + _contract_modules():
         for node in ast.walk(_tree(path)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
@@ -195,7 +202,7 @@ def test_the_contract_check_would_see_a_second_definition(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(ONE_DEFINITION))
 def test_shared_rules_are_defined_once(name):
-    defined = [str(p.relative_to(REPO_ROOT)) for p in _modules() + sorted((REPO_ROOT / CONTRACT).rglob("*.py"))
+    defined = [str(p.relative_to(REPO_ROOT)) for p in _modules() + _contract_modules()
                if any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name for n in ast.walk(_tree(p)))]
     assert defined == [ONE_DEFINITION[name]], defined
 
@@ -214,7 +221,7 @@ def test_class_tables_are_checked_by_the_contract_alone():
 def test_the_contract_is_torch_free_and_stdlib_only():
     import sys
 
-    for path in sorted((REPO_ROOT / CONTRACT).rglob("*.py")):
+    for path in _contract_modules():
         for name in _imported(_tree(path)):
             assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
 
@@ -229,7 +236,7 @@ def _module_name(path: Path) -> str:
 def _import_graph() -> dict[str, set[str]]:
     """Module -> project modules it imports anywhere (module level or inside functions); ``if TYPE_CHECKING:``
     blocks, which never run, do not count. ``from package import name`` counts the submodule when ``name`` is one."""
-    files = {_module_name(p): p for p in _modules() + sorted((REPO_ROOT / CONTRACT).rglob("*.py"))}
+    files = {_module_name(p): p for p in _modules() + _contract_modules()}
 
     def local(target: str) -> str | None:
         parts = target.split(".")
