@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..client.protocol import PlanRequest, plan_rows
+from ..client.protocol import OpenRequest, plan_rows
 from .queue import Job
 
 
@@ -58,13 +58,13 @@ class Engine:
         """What changes while serving: the batch the runner settled on after an out-of-memory back-off."""
         return {"max_batch": self.runner.max_batch}
 
-    def plan_size(self, plan: PlanRequest) -> int:
+    def plan_size(self, plan: OpenRequest) -> int:
         """Chunks in the plan of a resolved request, without building it."""
         from factseg_core.windows import plan_size
 
         return plan_size(plan.height, plan.width, plan.stride, plan.chunk_size)
 
-    def plan(self, plan: PlanRequest) -> tuple[tuple[int, ...], ...]:
+    def plan(self, plan: OpenRequest) -> tuple[tuple[int, ...], ...]:
         """The plan of a resolved request, as wire rows (cached: every chunk of a job is checked against it)."""
         return self._plan(plan.height, plan.width, plan.patch, plan.stride, plan.chunk_size)
 
