@@ -1,5 +1,6 @@
 """The plugin's one door to the worker's QGIS-side code: ``worker.client`` (protocol, client, local workers) and
-``worker.io`` (GDAL outputs, polygons, statistics). Nothing else of ``worker`` is imported inside QGIS.
+``worker.io`` (the segmentation pipeline, which writes the outputs, polygons and statistics; output-path checks;
+the training export). Nothing else of ``worker`` is imported inside QGIS.
 
 Where the code lies (no ``sys.path`` changes either way):
 - installed from ``factseg.zip``, ``worker/`` is vendored *inside* the plugin package, so it is imported as
@@ -27,8 +28,6 @@ def _worker_module(name: str) -> ModuleType:
 
 client = _worker_module("client")
 protocol = _worker_module("client.protocol")
-raster_output = _worker_module("io.raster_output")
-vectorize = _worker_module("io.vectorize")
 outputs = _worker_module("io.outputs")
 pipeline = _worker_module("io.pipeline")
 training_export = _worker_module("io.training_export")
@@ -41,11 +40,6 @@ WorkerError = protocol.WorkerError
 RemoteError = protocol.RemoteError
 WorkerUnavailable = protocol.WorkerUnavailable
 SegmentationCancelled = protocol.SegmentationCancelled
-ClassRasterWriter = raster_output.ClassRasterWriter
-confidence_path = raster_output.confidence_path
-class_statistics = vectorize.class_statistics
-polygonize_classes = vectorize.polygonize_classes
-OutputSet = outputs.OutputSet
 SegmentationRun = pipeline.SegmentationRun
 run_segmentation = pipeline.run_segmentation
 BadClassTable = pipeline.BadClassTable
