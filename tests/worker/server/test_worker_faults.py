@@ -66,7 +66,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 segment_mutations = st.sampled_from([
-    {"v": 0}, {"v": "1"}, {"op": "segmentx"}, {"index": -1}, {"index": 5}, {"index": True},
+    {"v": 0}, {"v": "2"}, {"op": "segmentx"}, {"index": -1}, {"index": 5}, {"index": True},
     {"image_size": [64]}, {"image_size": [0, 64]}, {"image_size": [10**9, 64]}, {"src": [0, 0, 64]},
     {"src": [0, 0, 32, 64]}, {"out": [10, 10, 5, 5]}, {"patch": 16}, {"stride": 200}, {"chunk_size": 0},
     {"request": ""}, {"request": 5}, {"confidence": "yes"}, {"id": 7},

@@ -162,7 +162,7 @@ def test_the_client_applies_the_same_limits_to_replies() -> None:
           b""], "bad_array"),
         ([json.dumps(_segment(arrays=[{"name": "pixels", "dtype": "uint8", "shape": [64, 64, 3]}])).encode(),
           bytes(10)], "bad_array"),
-        ([json.dumps(_segment(v=1.0)).encode(), bytes(64 * 64 * 3)], "unsupported_version"),
+        ([json.dumps(_segment(v=2.0)).encode(), bytes(64 * 64 * 3)], "unsupported_version"),
         ([json.dumps(_segment(v=True)).encode(), bytes(64 * 64 * 3)], "unsupported_version"),
         ([json.dumps(_segment()).replace('"index": 0', '"index": 1e400').encode(), bytes(64 * 64 * 3)], "bad_header"),
         ([json.dumps(_segment(lease_s=1e300)).encode(), bytes(64 * 64 * 3)], "bad_header"),
@@ -304,7 +304,7 @@ def _fuzz_messages(rng: np.random.Generator, count: int) -> list[list[bytes]]:
         elif kind == "oversized":
             message = [json.dumps({"v": 2, "op": "ping", "pad": "x" * int(rng.integers(65_536, 90_000))}).encode()]
         elif kind == "version":
-            version = [0, 2, -1, 1.0, True, "1", None, [1], 10**30, 1.5][int(rng.integers(0, 10))]
+            version = [0, 1, -1, 2.0, True, "2", None, [2], 10**30, 1.5][int(rng.integers(0, 10))]  # none is 2
             message = [json.dumps(_segment(v=version)).encode(), bytes(64 * 64 * 3)]
         elif kind == "op":
             message = [json.dumps({"v": 2, "op": rng.bytes(8).hex(), "id": str(i)}).encode()]
