@@ -42,7 +42,7 @@ from .worker_import import (
     run_segmentation,
 )
 
-PROBE_TIMEOUT_S = 10.0  # a running worker answers 'info' at once, even while busy
+PROBE_TIMEOUT_S = 10.0  # a running worker answers 'open' at once, even while busy
 CHUNK_TIMEOUT_S = 120.0  # silence (no reply, progress or heartbeat) before a chunk is resent
 
 Progress = Callable[[float], None]

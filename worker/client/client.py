@@ -2,9 +2,9 @@
 
 ``WorkerClient.segment_raster`` opens the job with one round trip per endpoint (``open``, the only handshake:
 the worker's info and its chunk plan; several endpoints must agree; a caller may open it first with
-:meth:`WorkerClient.open_job` to see the class table before any chunk), reads each chunk's source window through the caller's
-``reader``, keeps a few chunks in flight (:mod:`.run`), and writes class ids through ``writer`` as they come
-back. Several endpoints are served by one DEALER socket, so ZeroMQ's round robin spreads chunks across
+:meth:`WorkerClient.open_job` to see the class table before any chunk), reads each chunk's source window
+through the caller's ``reader``, keeps a few chunks in flight (:mod:`.run`), and writes class ids through
+``writer`` as they come back. Several endpoints are served by one DEALER socket, so ZeroMQ's round robin spreads chunks across
 workers; results are exact whichever worker computes a chunk.
 """
 from __future__ import annotations
@@ -300,5 +300,5 @@ class WorkerClient:
         self.close()
 
 
-__all__ = ["OpenedJob", "PlannedChunk", "ProtocolError", "RemoteError", "SegmentationCancelled", "WorkerClient", "WorkerError",
-           "WorkerUnavailable"]
+__all__ = ["OpenedJob", "PlannedChunk", "ProtocolError", "RemoteError", "SegmentationCancelled", "WorkerClient",
+           "WorkerError", "WorkerUnavailable"]
