@@ -2,14 +2,14 @@
 
 :func:`prepare_job` runs on the thread that owns the layer (the main thread, or Processing's
 ``prepareAlgorithm``): it checks the request, plans the output grid and clones the layer's provider.
-:func:`run_job` runs anywhere (the task thread): it reaches or starts the worker, streams the pixels, writes the
-class GeoTIFF block by block (published under its final name only when complete), then optionally polygonises
-it and computes per-class statistics. Errors come out as :class:`FactSegError` in plain words; cancellation as
+:func:`run_job` runs anywhere (the task thread): it reaches or starts the worker and runs the one segmentation
+pipeline (:mod:`worker.io.pipeline`, shared with ``python -m worker.segment``): stream the pixels, write the class
+GeoTIFF block by block, optionally polygonise it and compute per-class statistics, publish every output together
+only when complete. Errors come out as :class:`FactSegError` in plain words; cancellation as
 :class:`JobCancelled`, after the worker was told to stop and the partial file was removed.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,21 +31,19 @@ from .local_workers import LocalWorkerSpec, local_endpoint, release
 from .output_paths import check_outputs
 from .raster_reading import RasterReader, parse_bands
 from .worker_import import (
-    ClassRasterWriter,
-    OutputSet,
+    BadClassTable,
+    CancelledBeforeCommit,
     RemoteError,
     SegmentationCancelled,
+    SegmentationRun,
     WorkerClient,
     WorkerError,
     WorkerUnavailable,
-    class_statistics,
     contract,
-    polygonize_classes,
+    run_segmentation,
 )
-from .worker_import import confidence_path as worker_confidence_path
 
-SEGMENT_SHARE = 0.9  # of the progress bar, when polygons or statistics follow
-PROBE_TIMEOUT_S = 10.0  # a running worker answers 'info' at once, even while busy
+PROBE_TIMEOUT_S = 10.0  # a running worker answers 'open' at once, even while busy
 CHUNK_TIMEOUT_S = 120.0  # silence (no reply, progress or heartbeat) before a chunk is resent
 
 Progress = Callable[[float], None]
@@ -149,10 +147,6 @@ def prepare_job(
         raise FactSegError(f"The confidence raster is written as a GeoTIFF: give a .tif file name, not "
                            f"{confidence_path}.")
     check_outputs([output_path, vector_path, confidence_path], input_files(layer))
-    beside = worker_confidence_path(Path(output_path))
-    if confidence_path and Path(confidence_path).resolve() != beside.resolve() and beside.exists():
-        raise FactSegError(f"The confidence raster is first written as {beside}, which exists: move that file, or "
-                           "name the confidence output after the class raster.")
     if not target.endpoint and target.local is None:
         raise FactSegError(f"Give a worker endpoint (e.g. {contract.DEFAULT_ENDPOINT}) or a model to start a local worker.")
     patch, stride = patch or None, stride or None  # 0 or None: the worker's model defaults
@@ -219,63 +213,34 @@ def _run(request: JobRequest, progress: Progress, is_cancelled: IsCancelled, log
         endpoint = local_endpoint(request.target.local)  # type: ignore[arg-type]
     log(f"Segmenting {request.layer_name or 'the layer'}: {grid.width} × {grid.height} px at "
         f"{grid.res_x:.6g} × {grid.res_y:.6g} {grid.crs.authid() or 'map units'} per pixel, with {endpoint}")
-    with OutputSet() as outputs:  # every output of the run appears under its final name together, or none
-        try:
-            with request.target.client(endpoint, request.target.probe_timeout_s, retries=0) as probe:
-                probe.info()  # fails fast (not after the long chunk timeout) when nothing listens there
-            with request.target.client(endpoint, CHUNK_TIMEOUT_S) as client:
-                info = client.info()
-                classes = _check_classes(info, endpoint)
-                log(f"Model {info.get('model', '?')} ({info.get('backbone', '?')}, {len(classes)} classes) "
-                    f"on {info.get('device', '?')}.")
-                writer = _segment(request, client, classes, outputs, progress, is_cancelled)
-        except SegmentationCancelled as exc:
-            raise JobCancelled("Segmentation cancelled; the worker stopped and no output was written.") from exc
-        except WorkerUnavailable as exc:
-            raise FactSegError(_unavailable(request.target, endpoint, exc)) from exc
-        except RemoteError as exc:
-            raise FactSegError(f"The worker at {endpoint} refused the job: {exc.message} ({exc.code}).") from exc
-        except WorkerError as exc:
-            raise FactSegError(f"Talking to the worker at {endpoint} failed: {exc}") from exc
-        result = JobResult(request.output_path, classes, grid, info, confidence_path=request.confidence_path)
-        written, confidence = writer.written_path, writer.written_confidence_path
-        if request.statistics:
-            result.statistics = class_statistics(written, classes, confidence_path=confidence)
-        if request.vector_path:
-            log("Making polygons …")
-            result.feature_count = polygonize_classes(written, request.vector_path, classes,
-                                                      confidence_path=confidence, outputs=outputs)
-            result.vector_path = request.vector_path
-        if is_cancelled():
-            raise JobCancelled("Segmentation cancelled before its outputs were saved; no output was written.")
-        outputs.commit()
-    if request.confidence_path is not None:
-        _move(worker_confidence_path(request.output_path), request.confidence_path)
-    progress(1.0)
-    result.seconds = time.monotonic() - started
-    return result
-
-
-def _segment(request: JobRequest, client: WorkerClient, classes: list[dict], outputs: OutputSet,
-             progress: Progress, is_cancelled: IsCancelled) -> ClassRasterWriter:
-    """Stream the grid through the worker into the class (and confidence) raster, under partial names."""
-    grid = request.grid
-    request.reader.prepare()
-    share = SEGMENT_SHARE if (request.vector_path or request.statistics) else 1.0
     wkt = QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL
-    crs_wkt = grid.crs.toWkt(wkt) if grid.crs.isValid() else ""
-    confidence = request.confidence_path is not None
-    with ClassRasterWriter(request.output_path, grid.width, grid.height, grid.geotransform, crs_wkt, classes,
-                           confidence=confidence, outputs=outputs) as writer:
-        client.segment_raster(
-            grid.height, grid.width, request.reader, writer.write,
-            patch=request.patch, stride=request.stride, chunk_size=request.chunk_size,
-            confidence=confidence, tta=request.tta,
-            progress=lambda fraction: progress(share * float(fraction)),
-            is_cancelled=is_cancelled)
-        if is_cancelled():
-            raise SegmentationCancelled("cancelled")
-    return writer
+    run = SegmentationRun(
+        width=grid.width, height=grid.height, geotransform=grid.geotransform,
+        crs_wkt=grid.crs.toWkt(wkt) if grid.crs.isValid() else "", reader=request.reader,
+        output=request.output_path, vector=request.vector_path, confidence=request.confidence_path,
+        statistics=request.statistics, patch=request.patch, stride=request.stride, chunk_size=request.chunk_size,
+        tta=request.tta, prepare=request.reader.prepare)
+    try:
+        with request.target.client(endpoint, CHUNK_TIMEOUT_S) as client:
+            # the handshake fails fast (not after the long chunk timeout) when nothing listens there
+            done = run_segmentation(client, run, progress=progress, is_cancelled=is_cancelled, log=log,
+                                    open_timeout_s=request.target.probe_timeout_s, open_retries=0)
+    except CancelledBeforeCommit as exc:
+        raise JobCancelled("Segmentation cancelled before its outputs were saved; no output was written.") from exc
+    except SegmentationCancelled as exc:
+        raise JobCancelled("Segmentation cancelled; the worker stopped and no output was written.") from exc
+    except WorkerUnavailable as exc:
+        raise FactSegError(_unavailable(request.target, endpoint, exc)) from exc
+    except RemoteError as exc:
+        raise FactSegError(f"The worker at {endpoint} refused the job: {exc.message} ({exc.code}).") from exc
+    except BadClassTable as exc:
+        raise FactSegError(f"{str(exc)[:1].upper()}{str(exc)[1:]}") from exc
+    except WorkerError as exc:
+        raise FactSegError(f"Talking to the worker at {endpoint} failed: {exc}") from exc
+    return JobResult(request.output_path, done.classes, grid, done.info,
+                     vector_path=request.vector_path, confidence_path=request.confidence_path,
+                     feature_count=done.feature_count, statistics=done.statistics,
+                     seconds=time.monotonic() - started)
 
 
 def _unavailable(target: WorkerTarget, endpoint: str, exc: Exception) -> str:
@@ -285,23 +250,6 @@ def _unavailable(target: WorkerTarget, endpoint: str, exc: Exception) -> str:
                 "that worker's public key and that the worker allows this client's key (CLIENT_KEY).")
     return (f"The FactSeg worker at {endpoint} does not answer ({exc}). Start one with "
             f"'python -m worker --bind {endpoint} --model MODEL', or choose to start a local worker.")
-
-
-def _move(written: Path, wanted: Path) -> None:
-    """Give the confidence raster the name the user chose (the writer puts it beside the class raster)."""
-    if written.resolve() != wanted.resolve():
-        wanted.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(written, wanted)
-
-
-def _check_classes(info: dict, endpoint: str) -> list[dict]:
-    classes = info.get("classes")
-    if not isinstance(classes, list) or not classes:
-        raise FactSegError(f"The worker at {endpoint} did not describe its classes: is it a FactSeg worker?")
-    try:
-        return contract.check_class_table(classes, "its table")
-    except contract.ClassTableError as exc:
-        raise FactSegError(f"The worker at {endpoint} sent a malformed class table: {exc}") from exc
 
 
 def summary(result: JobResult) -> str:

@@ -1,5 +1,7 @@
 """The plugin's one door to the worker's QGIS-side code: ``worker.client`` (protocol, client, local workers) and
-``worker.io`` (GDAL outputs, polygons, statistics), and the shared contract through ``worker.contract``. Nothing else of ``worker`` is imported inside QGIS.
+``worker.io`` (the segmentation pipeline, which writes the outputs, polygons and statistics; output-path checks;
+the training export), and the shared contract through ``worker.contract``. Nothing else of ``worker`` is imported
+inside QGIS.
 
 Where the code lies (no ``sys.path`` changes either way):
 - installed from ``factseg.zip``, ``worker/`` is vendored *inside* the plugin package, so it is imported as
@@ -29,9 +31,8 @@ client = _worker_module("client")
 contract = _worker_module("contract")
 keys = _worker_module("client.keys")  # the one key-file loader  # the shared contract: defaults, limits, training-data layout, class table
 protocol = _worker_module("client.protocol")
-raster_output = _worker_module("io.raster_output")
-vectorize = _worker_module("io.vectorize")
 outputs = _worker_module("io.outputs")
+pipeline = _worker_module("io.pipeline")
 training_export = _worker_module("io.training_export")
 training_client = _worker_module("client.training_client")
 
@@ -42,11 +43,10 @@ WorkerError = protocol.WorkerError
 RemoteError = protocol.RemoteError
 WorkerUnavailable = protocol.WorkerUnavailable
 SegmentationCancelled = protocol.SegmentationCancelled
-ClassRasterWriter = raster_output.ClassRasterWriter
-confidence_path = raster_output.confidence_path
-class_statistics = vectorize.class_statistics
-polygonize_classes = vectorize.polygonize_classes
-OutputSet = outputs.OutputSet
+SegmentationRun = pipeline.SegmentationRun
+run_segmentation = pipeline.run_segmentation
+BadClassTable = pipeline.BadClassTable
+CancelledBeforeCommit = pipeline.CancelledBeforeCommit
 OutputPathError = outputs.OutputPathError
 check_output_paths = outputs.check_output_paths
 RemoteTraining = training_client.RemoteTraining

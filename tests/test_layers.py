@@ -6,8 +6,8 @@ import sys
 
 from conftest import REPO_ROOT
 
-QGIS_SIDE = ["factseg_contract", "worker.contract", "worker.client.protocol", "worker.client", "worker.io.raster_output",
-             "worker.io.vectorize", "qgis_plugin",
+QGIS_SIDE = ["factseg_contract", "worker.contract", "worker.client.protocol", "worker.client",
+             "worker.io.raster_output", "worker.io.vectorize", "worker.io.pipeline", "qgis_plugin",
              "qgis_plugin.plugin", "qgis_plugin.job", "qgis_plugin.task", "qgis_plugin.dialog",
              "qgis_plugin.processing_provider.provider"]
 

@@ -4,11 +4,14 @@ They live here (not in a test module) so that any test file, in any folder, can 
 """
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
+import zmq
 from conftest import REPO_ROOT as REPO
 from conftest import VENV_PYTHON
 from osgeo import gdal, osr
@@ -64,11 +67,74 @@ def segment(client: WorkerClient, img: np.ndarray, valid: np.ndarray | None = No
 
 
 def segment_header(**overrides) -> dict:
-    header = {"v": 1, "op": "segment", "id": "f", "request": "fuzz", "index": 0, "image_size": [64, 64],
+    header = {"v": 2, "op": "segment", "id": "f", "request": "fuzz", "index": 0, "image_size": [64, 64],
               "src": [0, 0, 64, 64], "out": [0, 0, 64, 64], "patch": 64, "stride": 32, "chunk_size": 64,
               "arrays": [{"name": "pixels", "dtype": "uint8", "shape": [64, 64, 3]}]}
     header.update(overrides)
     return header
+
+
+class CountingProxy:
+    """A real ZeroMQ hop between clients and one worker that records the op of every request passing through.
+
+    Clients connect to :attr:`endpoint` (a loopback ROUTER); each client socket gets its own DEALER to the worker
+    with the client's routing id (when the client set one), so the worker sees the same peers, resends and hand-overs as without the proxy.
+    Frames are forwarded unchanged; :attr:`ops` lists the requests' ops in arrival order.
+    """
+
+    def __init__(self, worker_endpoint: str) -> None:
+        self.worker_endpoint = worker_endpoint
+        self.ops: list[str] = []
+        self._ctx = zmq.Context()
+        self._front = self._ctx.socket(zmq.ROUTER)
+        self._front.setsockopt(zmq.LINGER, 0)
+        port = self._front.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self._backs: dict[bytes, zmq.Socket] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def ops_before(self, op: str) -> list[str]:
+        """The requests that came before the first ``op`` (all of them when there was none)."""
+        return self.ops[: self.ops.index(op)] if op in self.ops else list(self.ops)
+
+    def _back(self, identity: bytes, poller: zmq.Poller) -> zmq.Socket:
+        if identity not in self._backs:
+            back = self._backs[identity] = self._ctx.socket(zmq.DEALER)
+            back.setsockopt(zmq.LINGER, 0)
+            if identity[:1] != b"\x00":  # ids the proxy's ROUTER made up start with a zero byte, reserved
+                back.setsockopt(zmq.ROUTING_ID, identity)
+            back.connect(self.worker_endpoint)
+            poller.register(back, zmq.POLLIN)
+        return self._backs[identity]
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._front, zmq.POLLIN)
+        while not self._stop.is_set():
+            for sock, _ in poller.poll(50):
+                frames = sock.recv_multipart()
+                if sock is self._front:
+                    identity, body = frames[0], frames[1:]
+                    try:
+                        self.ops.append(str(json.loads(body[0]).get("op")))
+                    except (ValueError, IndexError, AttributeError):
+                        self.ops.append("?")
+                    self._back(identity, poller).send_multipart(body)
+                else:
+                    identity = next(i for i, s in self._backs.items() if s is sock)
+                    self._front.send_multipart([identity, *frames])
+
+    def __enter__(self) -> CountingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in [self._front, *self._backs.values()]:
+            sock.close(linger=0)
+        self._ctx.term()
 
 
 GT = (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5)

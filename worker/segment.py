@@ -15,7 +15,6 @@ name and no partial file, and tells the worker to drop the request's chunks.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -23,12 +22,15 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .client.protocol import SegmentationCancelled, WorkerError
-from .contract import CHUNK_SIZE, DEFAULT_ENDPOINT
-from .io.outputs import OutputPathError, OutputSet, check_output_paths
+from .contract import DEFAULT_ENDPOINT
+from .io.outputs import OutputPathError, check_output_paths
 from .io.raster_source import InputError, RasterSource
+
+if TYPE_CHECKING:
+    from .io.pipeline import SegmentationRun
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 ENDPOINT_SCHEMES = ("tcp", "ipc")
@@ -159,108 +161,65 @@ def _curve_keys(args: argparse.Namespace) -> tuple[bytes | None, tuple[bytes, by
     return server_key, client_keys
 
 
-def output_paths(args: argparse.Namespace) -> list[Path]:
-    """Every file a run with these options writes (class raster, confidence, polygons, statistics)."""
-    from .io.raster_output import confidence_path
-
-    paths = [Path(args.output)]
-    if args.confidence:
-        paths.append(confidence_path(Path(args.output)))
-    paths += [Path(p) for p in (args.vector, args.stats_json) if p]
-    return paths
-
-
-def prepare(args: argparse.Namespace) -> tuple[RasterSource, Any, Any]:
+def prepare(args: argparse.Namespace) -> tuple[SegmentationRun, Any, Any]:
     """Everything that can be refused before a worker is contacted: input, keys, output paths."""
     if args.vector and Path(args.vector).suffix.lower() != ".gpkg":
         raise InputError(f"--vector {args.vector} must be a GeoPackage file name ending in .gpkg")
     source = RasterSource(args.input, args.extent, args.bands)
     server_key, client_keys = _curve_keys(args)
+    job = _segmentation_run(args, source)
     inputs = [args.input, *source.files, args.server_key, args.client_key]
-    check_output_paths(output_paths(args), [p for p in inputs if p])
-    return source, server_key, client_keys
+    check_output_paths(job.output_paths(), [p for p in inputs if p])
+    return job, server_key, client_keys
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Segment ``args.input`` into ``args.output`` (and the other outputs); returns the run statistics.
 
     Raises InputError/OutputPathError before any compute, WorkerError, OSError or GDAL's RuntimeError later;
-    whatever is raised, no output of the run is left under a final or partial name.
+    whatever is raised, no output of the run is left under a final or partial name. The run itself is the one
+    pipeline the QGIS plugin runs too (:mod:`worker.io.pipeline`); ``open`` is its only round trip before the
+    first chunk.
     """
     from .client import WorkerClient
+    from .io.pipeline import OptionsRefused, run_segmentation
 
-    source, server_key, client_keys = prepare(args)
-    with OutputSet() as outputs:
-        for path in output_paths(args):
-            outputs.add(path)  # up front: clears partials of killed runs, claims the names
+    job, server_key, client_keys = prepare(args)
+    bar = None if args.quiet else _progress_bar()
+    try:
         with WorkerClient(args.connect, timeout_s=args.timeout, retries=args.retries,
                           server_public_key=server_key, client_keys=client_keys) as client:
-            stats = _segment(args, source, client, outputs)
-        _hold_signals()  # from here on the run is complete: a late signal must not split the renames
-        outputs.commit()
-    return stats
-
-
-def _segment(args: argparse.Namespace, source: RasterSource, client: Any, outputs: OutputSet) -> dict:
-    """Compute the class raster into ``outputs``, then statistics, polygons and the JSON, all still partial."""
-    from .io.raster_output import ClassRasterWriter
-    from .io.vectorize import class_statistics, polygonize_classes
-
-    classes = _check_options_with_worker(client, source, args)
-    writer = ClassRasterWriter(args.output, source.width, source.height, source.out_geotransform, source.crs_wkt,
-                               classes, confidence=args.confidence, outputs=outputs)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        # leave=False: erased at the end, so a failure's sentence stands alone; disable=None: no bar when piped
-        bar = tqdm(total=100, unit="%", desc="segment", leave=False, disable=None,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
-
-    def progress(fraction: float) -> None:
-        if bar is not None:
-            bar.update(100 * fraction - bar.n)
-
-    try:
-        stats = client.segment_raster(
-            source.height, source.width, source.read, writer.write, patch=args.patch, stride=args.stride,
-            chunk_size=args.chunk_size, confidence=args.confidence, progress=progress, tta=args.tta,
-        )
-        writer.finish()
-    except BaseException:
-        writer.abort()  # closes the datasets first, so GDAL cannot write a sidecar after the cleanup
-        raise
+            result = run_segmentation(client, job, before_commit=_hold_signals,
+                                      progress=(lambda f: bar.update(100 * f - bar.n)) if bar is not None else None)
+    except OptionsRefused as exc:  # the worker's words for its limits, in the CLI's option names: a usage error
+        reason = re.sub(r"header field '(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), exc.message)
+        raise InputError(f"the worker refuses these options: {reason.rstrip('.')}") from None
     finally:
         if bar is not None:
             bar.close()
-    raster, confidence = writer.written_path, writer.written_confidence_path
-    stats["output"] = str(Path(args.output))
-    stats["size"] = [source.height, source.width]
-    stats["classes"] = [s for s in class_statistics(raster, classes, confidence_path=confidence) if s["pixels"]]
-    if args.vector:
-        stats["vector"] = str(args.vector)
-        stats["polygons"] = polygonize_classes(raster, args.vector, classes, confidence_path=confidence,
-                                               outputs=outputs)
-    if args.stats_json:
-        outputs.partial(args.stats_json).write_text(json.dumps(stats, indent=2))
-    return stats
+    return result.summary
 
 
-def _check_options_with_worker(client: Any, source: RasterSource, args: argparse.Namespace) -> list[dict]:
-    """Ask the worker to plan the job before anything is computed, so options it refuses are a usage error
-    (exit 2) in the CLI's words, not a failure mid-run. Returns the worker's class table."""
-    from .client.protocol import RemoteError
+def _segmentation_run(args: argparse.Namespace, source: RasterSource) -> SegmentationRun:
+    """The run the options describe (the class raster, and the confidence raster beside it)."""
+    from .io.pipeline import SegmentationRun
+    from .io.raster_output import confidence_path
 
-    info = client.info()
-    patch, stride = args.patch or info["patch"], args.stride or info["stride"]
-    try:
-        client.plan(source.height, source.width, patch, stride, args.chunk_size or info.get("chunk_size", CHUNK_SIZE))
-    except RemoteError as exc:
-        if exc.code not in ("bad_header", "too_large"):
-            raise
-        reason = re.sub(r"header field '(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), exc.message)
-        raise InputError(f"the worker refuses these options: {reason.rstrip('.')}") from None
-    return info["classes"]
+    output = Path(args.output)
+    return SegmentationRun(
+        width=source.width, height=source.height, geotransform=source.out_geotransform, crs_wkt=source.crs_wkt,
+        reader=source.read, output=output, vector=Path(args.vector) if args.vector else None,
+        confidence=confidence_path(output) if args.confidence else None, statistics=True,
+        stats_json=Path(args.stats_json) if args.stats_json else None, patch=args.patch, stride=args.stride,
+        chunk_size=args.chunk_size, tta=args.tta)
+
+
+def _progress_bar() -> Any:
+    from tqdm import tqdm
+
+    # leave=False: erased at the end, so a failure's sentence stands alone; disable=None: no bar when piped
+    return tqdm(total=100, unit="%", desc="segment", leave=False, disable=None,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
 
 
 def _print_summary(stats: dict[str, Any], args: argparse.Namespace) -> None:

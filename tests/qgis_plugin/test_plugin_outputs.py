@@ -67,8 +67,11 @@ def test_outputs_committed_together(provider, worker, tmp_path):
     """The polygons cannot be written (a folder blocks their temporary file) after the raster was computed:
     neither the raster nor the polygons appear, and no partial file is left."""
     src = write_geotiff(tmp_path / "in.tif", scene(96, 96), UTM_GT, 32633)
-    (tmp_path / ".objects.partial.gpkg").mkdir()
     feedback = Errors()
+    # another program takes the polygons' temporary name while the raster is computed (the run claimed the
+    # names up front, so a folder there before the run is refused before any compute)
+    feedback.progressChanged.connect(lambda value: value > 0 and (tmp_path / ".objects.partial.gpkg").mkdir(
+        exist_ok=True))
     with pytest.raises(QgsProcessingException):
         run(worker, feedback, INPUT=str(src), OUTPUT=str(tmp_path / "out.tif"),
             OUTPUT_VECTOR=str(tmp_path / "objects.gpkg"), OUTPUT_CONFIDENCE=str(tmp_path / "conf.tif"))

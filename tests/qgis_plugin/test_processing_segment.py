@@ -472,3 +472,16 @@ def test_wrong_keys_fail_clearly(provider, curve_worker, tmp_path, monkeypatch, 
     else:
         assert "SERVER_KEY" in message and "CLIENT_KEY" in message, message
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_the_algorithm_opens_its_job_with_one_round_trip(provider, worker, worker_classes, tmp_path):
+    """factseg:segment runs the pipeline `python -m worker.segment` runs: `open` is its one request before the
+    first chunk (counted on the wire, through a real ZeroMQ proxy in front of the worker)."""
+    from worker_support import CountingProxy
+
+    src = write_geotiff(tmp_path / "utm.tif", scene(96, 80), UTM_GT, 32633)
+    with CountingProxy(worker.endpoint) as proxy:
+        result = run_segment(provider, INPUT=str(src), WORKER=proxy.endpoint, OUTPUT=str(tmp_path / "o.tif"),
+                             OUTPUT_VECTOR=str(tmp_path / "o.gpkg"))
+    assert proxy.ops_before("segment") == ["open"], proxy.ops
+    check_class_raster(result["OUTPUT"], worker_classes, UTM_GT, 32633)

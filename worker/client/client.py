@@ -1,9 +1,10 @@
 """The worker's client: what QGIS (and ``python -m worker.segment``) use to segment a raster. No torch here.
 
-``WorkerClient.segment_raster`` opens the job with one round trip per endpoint (``open``: the worker's info
-and its chunk plan; several endpoints must agree), reads each chunk's source window through the caller's
-``reader``, keeps a few chunks in flight (:mod:`.run`), and writes class ids through ``writer`` as they come
-back. Several endpoints are served by one DEALER socket, so ZeroMQ's round robin spreads chunks across
+``WorkerClient.segment_raster`` opens the job with one round trip per endpoint (``open``, the only handshake:
+the worker's info and its chunk plan; several endpoints must agree; a caller may open it first with
+:meth:`WorkerClient.open_job` to see the class table before any chunk), reads each chunk's source window
+through the caller's ``reader``, keeps a few chunks in flight (:mod:`.run`), and writes class ids through
+``writer`` as they come back. Several endpoints are served by one DEALER socket, so ZeroMQ's round robin spreads chunks across
 workers; results are exact whichever worker computes a chunk.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -28,7 +29,6 @@ from .protocol import (
     OpenRequest,
     PingRequest,
     PlannedChunk,
-    PlanRequest,
     ProtocolError,
     RemoteError,
     Request,
@@ -47,6 +47,14 @@ log = logging.getLogger("factseg.client")
 _PLAN_FIELDS = ("v", "op", "id", "status", "chunks", "height", "width")
 #: Info fields that must be equal on every endpoint of one job: chunks may go to any of them.
 _SAME_MODEL = ("model", "backbone", "classes")
+
+
+class OpenedJob(NamedTuple):
+    """A job's handshake (``open``): the worker's info, the options it resolved, and its chunk plan."""
+
+    info: dict[str, Any]
+    options: dict[str, Any]
+    chunks: list[PlannedChunk]
 
 
 class WorkerClient:
@@ -198,22 +206,17 @@ class WorkerClient:
                 log.warning("cancel on %s failed: %s", endpoint, exc)
         return count
 
-    def plan(self, height: int, width: int, patch: int | None = None, stride: int | None = None,
-             chunk_size: int | None = None) -> list[PlannedChunk]:
-        """The worker's chunk plan for an image (the engine's single definition of the grid), validated."""
-        _, message = self._call_any(PlanRequest(height=height, width=width, patch=patch, stride=stride,
-                                                chunk_size=chunk_size))
-        return parse_plan(message.header.get("chunks"), height, width)
-
     def open_job(self, height: int, width: int, patch: int | None = None, stride: int | None = None,
-                 chunk_size: int | None = None) -> tuple[dict[str, Any], dict[str, Any], list[PlannedChunk]]:
+                 chunk_size: int | None = None, *, timeout_s: float | None = None,
+                 retries: int | None = None) -> OpenedJob:
         """The handshake: ``(info, resolved options, plan)``, one ``open`` round trip per endpoint.
 
         Chunks may go to any endpoint, so every worker must run the same model and class table and make the
-        same plan; WorkerError names the first difference.
+        same plan; WorkerError names the first difference. ``timeout_s``/``retries`` (default: the client's)
+        let a caller fail fast when nothing listens, before the long chunk timeouts apply.
         """
         request = OpenRequest(height=height, width=width, patch=patch, stride=stride, chunk_size=chunk_size)
-        replies = {endpoint: self._call(endpoint, request).header for endpoint in self.endpoints}
+        replies = {endpoint: self._call(endpoint, request, timeout_s, retries).header for endpoint in self.endpoints}
         first_endpoint, first = next(iter(replies.items()))
         for endpoint, header in replies.items():
             self._remember_info(endpoint, header)
@@ -225,7 +228,7 @@ class WorkerClient:
                         "same model with the same settings"
                     )
         options = {k: first.get(k) for k in ("patch", "stride", "chunk_size")}
-        return self._info[first_endpoint], options, parse_plan(first.get("chunks"), height, width)
+        return OpenedJob(self._info[first_endpoint], options, parse_plan(first.get("chunks"), height, width))
 
     # -- segmentation ---------------------------------------------------------------------------------------
 
@@ -243,18 +246,24 @@ class WorkerClient:
         progress: Callable[[float], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         tta: bool = False,
+        opened: OpenedJob | None = None,
     ) -> dict:
         """Segment a ``height``×``width`` raster chunk by chunk; returns statistics of the run.
 
         ``reader(y0, x0, y1, x1)`` returns the RGB pixels (uint8 h×w×3) and a validity mask (bool h×w, or None
         for all valid) of that window; ``writer(y0, x0, classes, confidence)`` receives class ids (uint8, 255 =
         nodata) of an output window, in any order. ``patch``/``stride``/``chunk_size`` left None take the
-        worker's model defaults. Raises SegmentationCancelled, RemoteError, WorkerUnavailable.
+        worker's model defaults. ``opened``: this image's :meth:`open_job`, when the caller opened it already
+        (then patch/stride/chunk_size are the ones it resolved). Raises SegmentationCancelled, RemoteError,
+        WorkerUnavailable.
         """
         if height <= 0 or width <= 0:
             raise ValueError(f"raster size must be positive, got {height}×{width}")
         started = time.monotonic()
-        info, options, chunks = self.open_job(height, width, patch or None, stride or None, chunk_size or None)
+        opened = opened or self.open_job(height, width, patch or None, stride or None, chunk_size or None)
+        info, options, chunks = opened
+        if (max(c.out[2] for c in chunks), max(c.out[3] for c in chunks)) != (height, width):
+            raise ValueError(f"the job was opened for another raster size than {height}×{width}")
         limit = int(info.get("limits", {}).get("max_frame_bytes", DEFAULT_LIMITS.max_frame_bytes))
         biggest = max((c.src[2] - c.src[0]) * (c.src[3] - c.src[1]) * 3 for c in chunks)
         if biggest > limit:
@@ -291,5 +300,5 @@ class WorkerClient:
         self.close()
 
 
-__all__ = ["PlannedChunk", "ProtocolError", "RemoteError", "SegmentationCancelled", "WorkerClient", "WorkerError",
-           "WorkerUnavailable"]
+__all__ = ["OpenedJob", "PlannedChunk", "ProtocolError", "RemoteError", "SegmentationCancelled", "WorkerClient",
+           "WorkerError", "WorkerUnavailable"]

@@ -7,7 +7,7 @@ the worker's state (its plan, its queue) stay in the worker. Specification: ``wo
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -46,7 +46,7 @@ from .wire import (
     peek_id,
 )
 
-#: Chunks in one plan (the plan reply lists them all; see PROTOCOL.md "Limits").
+#: Chunks in one plan (the ``open`` reply lists them all; see PROTOCOL.md "Limits").
 MAX_PLAN_CHUNKS = 10_000
 #: Bounds of a segment request's keep-alive lease (seconds): silent longer, its chunks are dropped.
 LEASE_RANGE_S = (0.5, 3600.0)
@@ -68,17 +68,20 @@ class PingRequest(Request):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlanRequest(Request):
-    """The chunk plan of an image; absent patch/stride/chunk_size take the worker's model defaults."""
+class OpenRequest(Request):
+    """A job's handshake, in one round trip: the reply is the worker's ``info`` and the chunk plan of the image.
 
-    OP: ClassVar[str] = "plan"
+    Absent patch/stride/chunk_size take the worker's model defaults; the reply says what they resolved to.
+    """
+
+    OP: ClassVar[str] = "open"
     height: int
     width: int
     patch: int | None = None
     stride: int | None = None
     chunk_size: int | None = None
 
-    def resolved(self, patch: int, stride: int, chunk_size: int, limits: Limits = DEFAULT_LIMITS) -> PlanRequest:
+    def resolved(self, patch: int, stride: int, chunk_size: int, limits: Limits = DEFAULT_LIMITS) -> OpenRequest:
         """The same request with the worker's defaults filled in, checked against each other."""
         out = replace(self, patch=self.patch or patch, stride=self.stride or stride,
                       chunk_size=self.chunk_size or chunk_size)
@@ -88,13 +91,6 @@ class PlanRequest(Request):
         if out.chunk_size < out.stride:
             raise ProtocolError(f"chunk_size {out.chunk_size} is smaller than the stride {out.stride}")
         return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class OpenRequest(PlanRequest):
-    """A job's handshake in one round trip: the worker's ``info`` and the plan of the image."""
-
-    OP: ClassVar[str] = "open"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,9 +124,9 @@ class SegmentRequest(Request):
         return {"pixels": self.pixels} if self.valid is None else {"pixels": self.pixels, "valid": self.valid}
 
     @property
-    def plan(self) -> PlanRequest:
-        """The plan this chunk belongs to."""
-        return PlanRequest(height=self.image_size[0], width=self.image_size[1], patch=self.patch,
+    def opening(self) -> OpenRequest:
+        """The ``open`` of the job this chunk belongs to: its plan is the one the chunk must match."""
+        return OpenRequest(height=self.image_size[0], width=self.image_size[1], patch=self.patch,
                            stride=self.stride, chunk_size=self.chunk_size)
 
 
@@ -200,10 +196,9 @@ def parse_request(message: Message, limits: Limits = DEFAULT_LIMITS) -> Request:
         return PingRequest(id=msg_id, request=request)
     if message.op == "cancel":
         return CancelRequest(id=msg_id, request=check_str(header, "request"))
-    kind: Callable[..., PlanRequest] = OpenRequest if message.op == "open" else PlanRequest
-    if message.op not in ("plan", "open"):
+    if message.op != "open":
         raise ProtocolError(f"unknown operation {clip(message.op)!r}; known: {', '.join(OPS)}", "unknown_op")
-    return kind(id=msg_id, **_plan_fields(header, limits))
+    return OpenRequest(id=msg_id, **_plan_fields(header, limits))
 
 
 @dataclass(frozen=True)
@@ -220,7 +215,7 @@ class PlannedChunk:
 
 
 def parse_plan(rows: Any, height: int, width: int) -> list[PlannedChunk]:
-    """The chunks of a plan reply, checked: in order, inside the image, covering every pixel once."""
+    """The chunks of an ``open`` reply, checked: in order, inside the image, covering every pixel once."""
     if not isinstance(rows, list):
         raise ProtocolError("the plan's 'chunks' is not a list")
     chunks, covered = [], 0
@@ -248,7 +243,7 @@ def plan_rows(chunks: Any) -> list[list[int]]:
 __all__ = [
     "DEFAULT_LIMITS", "ERROR_CODES", "LEASE_RANGE_S", "MAX_DIMENSION", "MAX_PLAN_CHUNKS", "OPS", "PROTOCOL_VERSION",
     "WIRE_DTYPES", "CancelRequest", "Endpoint", "EndpointError", "InfoRequest", "Limits", "Message", "OpenRequest",
-    "PingRequest", "PlanRequest", "PlannedChunk", "ProtocolError", "RemoteError", "Request", "SegmentRequest",
+    "PingRequest", "PlannedChunk", "ProtocolError", "RemoteError", "Request", "SegmentRequest",
     "SegmentationCancelled", "WorkerError", "WorkerUnavailable", "check_flag", "check_int", "check_number",
     "check_optional_int", "check_str", "check_window", "clip", "decode", "encode", "error_header", "is_int",
     "is_loopback_endpoint", "parse_endpoint", "peek_id", "parse_plan", "parse_request", "plan_rows",

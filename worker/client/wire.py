@@ -6,7 +6,7 @@ examples, is ``worker/PROTOCOL.md``.
 
 A message is a ZeroMQ multipart message ``[header, array_0, array_1, ...]``. The header is a UTF-8 JSON object::
 
-    {"v": 1, "op": "segment", "id": "<message id>", ..., "arrays": [{"name", "dtype", "shape"}, ...]}
+    {"v": 2, "op": "segment", "id": "<message id>", ..., "arrays": [{"name", "dtype", "shape"}, ...]}
 
 and ``arrays`` describes the following frames one by one. Every size is bounded (:class:`Limits`), so a
 malformed or hostile message costs the receiver a bounded amount of work and an error reply naming the problem.
@@ -23,11 +23,11 @@ import numpy as np
 
 from ..contract import MAX_PATCH
 
-#: Bumped on any incompatible change of the messages below.
-PROTOCOL_VERSION = 1
+#: Bumped on any incompatible change of the messages below (2: ``plan`` removed, ``open`` is the only handshake).
+PROTOCOL_VERSION = 2
 
 #: Operations a client may request.
-OPS = ("info", "ping", "plan", "open", "segment", "cancel",
+OPS = ("info", "ping", "open", "segment", "cancel",
        "train_begin", "train_file", "train_start", "train_status", "train_cancel", "train_result")
 
 #: Array dtypes allowed on the wire (names as numpy spells them); multi-byte types are little endian.
@@ -75,7 +75,7 @@ class Limits:
     max_queue_per_client: int = 64
     #: Pixels held by queued chunks of all clients together (a bound on the worker's memory).
     max_queued_bytes: int = 2 * 1024**3
-    #: Plan and reply headers can be longer than requests (a plan lists every chunk).
+    #: Reply headers can be longer than requests (an ``open`` reply lists every chunk of the plan).
     max_reply_header_bytes: int = 64 * 1024 * 1024
     #: Header plus array frames of one message; receiving stops buffering beyond it (and beyond max_frames).
     max_message_bytes: int = 384 * 1024 * 1024
@@ -86,7 +86,7 @@ class Limits:
         return 1 + self.max_arrays
 
     def max_total(self, reply: bool) -> int:
-        """Bytes one message may hold: replies may add a long header (a plan) to the largest arrays."""
+        """Bytes one message may hold: replies may add a long header (an ``open`` reply) to the largest arrays."""
         return self.max_message_bytes + (self.max_reply_header_bytes if reply else 0)
 
     def to_dict(self) -> dict[str, int]:

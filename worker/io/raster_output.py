@@ -90,6 +90,7 @@ class ClassRasterWriter:
         outputs: OutputSet | None = None,
         overviews: bool = True,
         metadata: dict[str, str] | None = None,
+        confidence_to: str | os.PathLike | None = None,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"output raster must have a positive size, got {width}×{height}")
@@ -105,7 +106,8 @@ class ClassRasterWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             outputs = OutputSet()
         self.outputs = outputs
-        self._targets = [self.path] + ([confidence_path(self.path)] if confidence else [])
+        beside = Path(confidence_to) if confidence_to else confidence_path(self.path)  # the name chosen, or beside
+        self._targets = [self.path] + ([beside] if confidence else [])
         self._partials = [outputs.add(target) for target in self._targets]
         self._datasets: list[gdal.Dataset | None] = []
         self._finished = False

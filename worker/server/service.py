@@ -3,7 +3,7 @@
 Threads and why:
 
 * the **socket thread** (``Worker.serve``) owns the ROUTER socket. It receives every message frame by frame
-  within the limits, answers ``info``, ``ping``, ``plan``, ``open`` and ``cancel`` at once, checks ``segment``
+  within the limits, answers ``info``, ``ping``, ``open`` and ``cancel`` at once, checks ``segment``
   requests against the plan and queues them, sends heartbeats, drops the chunks of clients whose lease ran
   out, and forwards results. It never runs the model, so a busy worker still answers within milliseconds.
 * the **inference thread** (:mod:`.inference`) takes chunks from the fair queue and runs the engine.
@@ -204,7 +204,7 @@ class Worker:
             self._send(identity, envelope, {"v": P.PROTOCOL_VERSION, "op": request.OP, "id": request.id,
                                             "status": "ok", **reply}, arrays)
             return None
-        if isinstance(request, (P.SegmentRequest, P.PlanRequest)):  # OpenRequest is a PlanRequest too
+        if isinstance(request, (P.SegmentRequest, P.OpenRequest)):
             busy = self.training.busy_message()
             if busy is not None:
                 raise P.ProtocolError(busy, "busy_training")
@@ -212,8 +212,6 @@ class Worker:
             return self._op_segment(identity, envelope, request)
         if isinstance(request, P.OpenRequest):
             return {**self._info(), **self._op_plan(request)}
-        if isinstance(request, P.PlanRequest):
-            return self._op_plan(request)
         if isinstance(request, P.CancelRequest):
             return self._op_cancel(request)
         if isinstance(request, P.PingRequest):
@@ -241,7 +239,7 @@ class Worker:
         with self._state.lock:
             return {"queued": len(self._state.queue), "busy": self._state.running is not None, "time": time.time()}
 
-    def _resolve(self, plan: P.PlanRequest) -> P.PlanRequest:
+    def _resolve(self, plan: P.OpenRequest) -> P.OpenRequest:
         resolved = plan.resolved(self.description["patch"], self.description["stride"], self.chunk_size,
                                  self.limits)
         count = self.engine.plan_size(resolved)
@@ -254,7 +252,7 @@ class Worker:
             )
         return resolved
 
-    def _op_plan(self, request: P.PlanRequest) -> dict[str, Any]:
+    def _op_plan(self, request: P.OpenRequest) -> dict[str, Any]:
         plan = self._resolve(request)
         return {"height": plan.height, "width": plan.width, "patch": plan.patch, "stride": plan.stride,
                 "chunk_size": plan.chunk_size, "chunks": [list(c) for c in self.engine.plan(plan)]}
@@ -288,14 +286,14 @@ class Worker:
         return None
 
     def _make_job(self, identity: bytes, envelope: list[bytes], request: P.SegmentRequest) -> Job:
-        plan = self._resolve(request.plan)
+        plan = self._resolve(request.opening)
         rows = self.engine.plan(plan)
         index, out, src = request.index, request.out, request.src
         if index >= len(rows) or rows[index][1:5] != out or rows[index][5:9] != src:
             raise P.ProtocolError(
                 f"chunk {index} out={list(out)} src={list(src)} is not chunk {index} of the worker's plan for "
                 f"{plan.height}×{plan.width} patch {plan.patch} stride {plan.stride} chunk_size {plan.chunk_size}; "
-                "ask for the plan",
+                "open the job again for the plan",
                 "bad_chunk",
             )
         job = Job(identity, envelope, request.id or "", request.request, index, request.image_size, src, out,

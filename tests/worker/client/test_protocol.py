@@ -45,7 +45,7 @@ def test_float64_and_pickle_like_dtypes_are_refused_on_both_sides() -> None:
         P.encode({"op": "ping"}, {"a": np.zeros(3, np.float64)})
     with pytest.raises(P.ProtocolError, match="cannot be sent"):
         P.encode({"op": "ping"}, {"a": np.array([object()], dtype=object)})
-    frames = [json.dumps({"v": 1, "op": "ping", "arrays": [{"name": "a", "dtype": "object", "shape": [1]}]}).encode(),
+    frames = [json.dumps({"v": 2, "op": "ping", "arrays": [{"name": "a", "dtype": "object", "shape": [1]}]}).encode(),
               b"\0" * 8]
     with pytest.raises(P.ProtocolError, match="dtype 'object' not allowed") as info:
         P.decode(frames)
@@ -58,24 +58,24 @@ def test_float64_and_pickle_like_dtypes_are_refused_on_both_sides() -> None:
         ([], "bad_header", "empty"),
         ([b"\xff\xfe"], "bad_header", "not UTF-8 JSON"),
         ([b"[1, 2]"], "bad_header", "JSON object"),
-        ([b'{"v": 1, "op": "ping", "x": NaN}'], "bad_header", "NaN"),
-        ([b'{"v": 2, "op": "ping"}'], "unsupported_version", "version 2 is not supported"),
+        ([b'{"v": 2, "op": "ping", "x": NaN}'], "bad_header", "NaN"),
+        ([b'{"v": 3, "op": "ping"}'], "unsupported_version", "version 3 is not supported"),
         ([b'{"op": "ping"}'], "unsupported_version", "version None"),
-        ([b'{"v": 1, "op": "launch_missiles"}'], "unknown_op", "unknown operation"),
-        ([b'{"v": 1, "op": 3}'], "bad_header", "'op' must be a string"),
-        ([b'{"v": 1, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [4]}]}'], "bad_array",
+        ([b'{"v": 2, "op": "launch_missiles"}'], "unknown_op", "unknown operation"),
+        ([b'{"v": 2, "op": 3}'], "bad_header", "'op' must be a string"),
+        ([b'{"v": 2, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [4]}]}'], "bad_array",
          "1 arrays but 0 array frames"),
-        ([b'{"v": 1, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [4]}]}', b"abc"],
+        ([b'{"v": 2, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [4]}]}', b"abc"],
          "bad_array", "frame has 3 bytes"),
-        ([b'{"v": 1, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [-4]}]}', b""],
+        ([b'{"v": 2, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [-4]}]}', b""],
          "bad_array", "non-negative integers"),
-        ([b'{"v": 1, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [1.5]}]}', b""],
+        ([b'{"v": 2, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [1.5]}]}', b""],
          "bad_array", "non-negative integers"),
-        ([b'{"v": 1, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [100000, 100000, 3]}]}', b""],
+        ([b'{"v": 2, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [100000, 100000, 3]}]}', b""],
          "too_large", "limit is"),
-        ([b'{"v": 1, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [1]},'
+        ([b'{"v": 2, "op": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [1]},'
           b' {"name": "a", "dtype": "uint8", "shape": [1]}]}', b"x", b"y"], "bad_array", "appears twice"),
-        ([b'{"v": 1, "op": "ping", "arrays": "nope"}'], "bad_header", "must be a list"),
+        ([b'{"v": 2, "op": "ping", "arrays": "nope"}'], "bad_header", "must be a list"),
     ],
 )
 def test_malformed_messages_are_named(frames: list, code: str, text: str) -> None:
@@ -86,7 +86,7 @@ def test_malformed_messages_are_named(frames: list, code: str, text: str) -> Non
 
 
 def test_header_size_limit() -> None:
-    big = json.dumps({"v": 1, "op": "ping", "pad": "x" * 70_000}).encode()
+    big = json.dumps({"v": 2, "op": "ping", "pad": "x" * 70_000}).encode()
     with pytest.raises(P.ProtocolError, match="limit is 65536") as info:
         P.decode([big])
     assert info.value.code == "header_too_large"
@@ -99,7 +99,7 @@ def test_deeply_nested_json_is_an_error_not_a_crash() -> None:
 
 
 def test_bool_bytes_other_than_0_1_are_normalised() -> None:
-    frames = [json.dumps({"v": 1, "op": "ping", "arrays": [{"name": "m", "dtype": "bool", "shape": [3]}]}).encode(),
+    frames = [json.dumps({"v": 2, "op": "ping", "arrays": [{"name": "m", "dtype": "bool", "shape": [3]}]}).encode(),
               bytes([0, 1, 7])]
     mask = P.decode(frames).arrays["m"]
     assert mask.dtype == np.bool_ and mask.tolist() == [False, True, True]
@@ -153,17 +153,17 @@ def test_client_side_modules_import_no_torch() -> None:
 
 
 def _array_message(descriptor: dict, payload: bytes = b"") -> list[bytes]:
-    return [json.dumps({"v": 1, "op": "ping", "arrays": [{"name": "a", **descriptor}]}).encode(), payload]
+    return [json.dumps({"v": 2, "op": "ping", "arrays": [{"name": "a", **descriptor}]}).encode(), payload]
 
 
 @pytest.mark.parametrize(
     ("frames", "code", "text"),
     [
-        ([b'{"v": 1.0, "op": "ping"}'], "unsupported_version", "version 1.0 is not"),
+        ([b'{"v": 2.0, "op": "ping"}'], "unsupported_version", "version 2.0 is not"),
         ([b'{"v": true, "op": "ping"}'], "unsupported_version", "version True is not"),
-        ([b'{"v": "1", "op": "ping"}'], "unsupported_version", "version '1' is not"),
-        ([b'{"v": 1, "op": "ping", "x": 1e400}'], "bad_header", "out of range"),
-        ([b'{"v": 1, "op": "ping", "x": -1e400}'], "bad_header", "out of range"),
+        ([b'{"v": "2", "op": "ping"}'], "unsupported_version", "version '2' is not"),
+        ([b'{"v": 2, "op": "ping", "x": 1e400}'], "bad_header", "out of range"),
+        ([b'{"v": 2, "op": "ping", "x": -1e400}'], "bad_header", "out of range"),
         (_array_message({"dtype": ["uint8"], "shape": [1]}, b"x"), "bad_array", "not allowed"),
         (_array_message({"dtype": {"a": 1}, "shape": [1]}, b"x"), "bad_array", "not allowed"),
         (_array_message({"dtype": "uint8", "shape": [0, 10**30]}), "bad_array", "dimension over"),
@@ -198,8 +198,8 @@ def test_every_request_round_trips_as_the_same_dataclass() -> None:
         P.InfoRequest(id="i"),
         P.PingRequest(id="p", request="r"),
         P.PingRequest(),
-        P.PlanRequest(height=10, width=20, patch=64, stride=32, chunk_size=64),
-        P.PlanRequest(height=10, width=20),
+        P.OpenRequest(height=10, width=20, patch=64, stride=32, chunk_size=64),
+        P.OpenRequest(height=10, width=20),
         P.OpenRequest(id="o", height=10, width=20, stride=16),
         P.CancelRequest(request="r"),
     ]
@@ -214,7 +214,7 @@ def test_every_request_round_trips_as_the_same_dataclass() -> None:
         "r", 0, (4, 5), (0, 0, 4, 5), (0, 0, 4, 5), 2.5)
     np.testing.assert_array_equal(parsed.pixels, pixels)
     np.testing.assert_array_equal(parsed.valid, valid)
-    assert parsed.plan == P.PlanRequest(height=4, width=5, patch=64, stride=32, chunk_size=64)
+    assert parsed.opening == P.OpenRequest(height=4, width=5, patch=64, stride=32, chunk_size=64)
 
 
 @pytest.mark.parametrize(
@@ -232,8 +232,8 @@ def test_every_request_round_trips_as_the_same_dataclass() -> None:
          {"pixels": np.zeros((4, 4, 3), np.uint8), "weights": np.zeros(1, np.uint8)}, "bad_array", "unexpected"),
         ({"op": "segment", "request": "r", "index": 0, "image_size": [4, 4], "src": [0, 0, 4, 4], "out": [0, 0, 4, 4],
           "tta": 1}, {"pixels": np.zeros((4, 4, 3), np.uint8)}, "bad_header", "'tta' must be true or false"),
-        ({"op": "plan", "height": 10}, {}, "bad_header", "'width' is required"),
-        ({"op": "plan", "height": 10, "width": 10**7}, {}, "too_large", "outside"),
+        ({"op": "open", "height": 10}, {}, "bad_header", "'width' is required"),
+        ({"op": "open", "height": 10, "width": 10**7}, {}, "too_large", "outside"),
         ({"op": "open", "height": 10, "width": 10, "patch": 8}, {}, "bad_header", "outside"),
         ({"op": "ping"}, {"a": np.zeros(1, np.uint8)}, "bad_array", "takes no arrays"),
         ({"op": "cancel"}, {}, "bad_header", "'request'"),
@@ -246,13 +246,23 @@ def test_request_fields_are_checked_on_parse(header: dict, arrays: dict, code: s
     assert info.value.code == code
 
 
-def test_plan_requests_resolve_the_workers_defaults() -> None:
-    assert P.PlanRequest(height=5, width=5).resolved(896, 512, 4096) == P.PlanRequest(
+def test_open_requests_resolve_the_workers_defaults() -> None:
+    assert P.OpenRequest(height=5, width=5).resolved(896, 512, 4096) == P.OpenRequest(
         height=5, width=5, patch=896, stride=512, chunk_size=4096)
     with pytest.raises(P.ProtocolError, match="stride"):
-        P.PlanRequest(height=5, width=5, patch=64, stride=128).resolved(896, 512, 4096)
+        P.OpenRequest(height=5, width=5, patch=64, stride=128).resolved(896, 512, 4096)
     with pytest.raises(P.ProtocolError, match="smaller than the stride"):
-        P.PlanRequest(height=5, width=5, patch=64, stride=32, chunk_size=16).resolved(896, 512, 4096)
+        P.OpenRequest(height=5, width=5, patch=64, stride=32, chunk_size=16).resolved(896, 512, 4096)
+
+
+def test_plan_is_gone_in_version_2_and_open_is_the_only_handshake() -> None:
+    assert P.PROTOCOL_VERSION == 2 and "plan" not in P.OPS and "open" in P.OPS
+    with pytest.raises(P.ProtocolError, match="unknown operation 'plan'") as unknown:
+        P.decode([json.dumps({"v": P.PROTOCOL_VERSION, "op": "plan", "height": 4, "width": 4}).encode()])
+    assert unknown.value.code == "unknown_op"
+    with pytest.raises(P.ProtocolError, match="version 1 is not supported; this side speaks version 2") as old:
+        P.decode([b'{"v": 1, "op": "open", "height": 4, "width": 4}'])  # a version-1 peer is told, not half-served
+    assert old.value.code == "unsupported_version"
 
 
 def test_plan_replies_are_checked() -> None:

@@ -86,7 +86,7 @@ def test_segment_during_training_gets_a_clear_answer(worker, export, config, tmp
         client.request(T.TrainStart(job=training.job))
         try:
             with pytest.raises(RemoteError) as refused:
-                client.plan(64, 64, 64, 32, 64)
+                client.open_job(64, 64, 64, 32, 64)
             assert refused.value.code == "busy_training" and "busy training" in refused.value.message
             with pytest.raises(RemoteError) as second:
                 client.request(T.TrainBegin(files=1, bytes=1, iterations=1))
@@ -96,11 +96,11 @@ def test_segment_during_training_gets_a_clear_answer(worker, export, config, tmp
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                client.plan(64, 64, 64, 32, 64)
+                client.open_job(64, 64, 64, 32, 64)
                 break
             except RemoteError:
                 time.sleep(0.2)
-        assert client.plan(64, 64, 64, 32, 64)
+        assert client.open_job(64, 64, 64, 32, 64).chunks
 
 
 @pytest.mark.parametrize("name, code", [

@@ -169,10 +169,10 @@ def test_fair_queue_round_robins_between_clients() -> None:
     assert small.push(job(b"c", "r", 0)) is None
 
 
-def test_plans_are_fast_and_bounded(tcp_worker: LocalWorker) -> None:
+def test_open_plans_are_fast_and_bounded(tcp_worker: LocalWorker) -> None:
     with WorkerClient(tcp_worker.endpoint, timeout_s=30) as client:
-        huge = client.plan(200_000, 200_000, 896, 512, 2048)  # 9,604 chunks, computed in milliseconds
+        huge = client.open_job(200_000, 200_000, 896, 512, 2048).chunks  # 9,604 chunks, computed in milliseconds
         assert len(huge) == 98 * 98
         with pytest.raises(RemoteError, match="38416 chunks") as info:
-            client.plan(100_000, 100_000, 896, 512, 1023)  # chunk side rounds down to the stride: 512
+            client.open_job(100_000, 100_000, 896, 512, 1023)  # chunk side rounds down to the stride: 512
         assert info.value.code == "too_large"

@@ -66,7 +66,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 segment_mutations = st.sampled_from([
-    {"v": 0}, {"v": "1"}, {"op": "segmentx"}, {"index": -1}, {"index": 5}, {"index": True},
+    {"v": 0}, {"v": "2"}, {"op": "segmentx"}, {"index": -1}, {"index": 5}, {"index": True},
     {"image_size": [64]}, {"image_size": [0, 64]}, {"image_size": [10**9, 64]}, {"src": [0, 0, 64]},
     {"src": [0, 0, 32, 64]}, {"out": [10, 10, 5, 5]}, {"patch": 16}, {"stride": 200}, {"chunk_size": 0},
     {"request": ""}, {"request": 5}, {"confidence": "yes"}, {"id": 7},
@@ -98,22 +98,24 @@ def test_fuzzed_messages_get_error_replies_and_the_worker_keeps_serving(raw, kin
         message = [json.dumps(segment_header(**mutation)).encode(), pixels, *frames[:extra_frames]]
     reply = raw(message)
     assert reply is not None, f"no reply to {str(message)[:200]}"
-    if reply.header.get("status") != "ok":  # a random header can be a valid info/ping/plan; anything else errs
+    if reply.header.get("status") != "ok":  # a random header can be a valid info/ping/open; anything else errs
         _assert_error(reply)
     pong = raw(P.encode({"op": "ping", "id": "p"}))
     assert pong is not None and pong.header["status"] == "ok"
 
 
 def test_each_limit_is_named_in_the_reply(raw) -> None:
-    _assert_error(raw([json.dumps({"v": 1, "op": "ping", "pad": "x" * 70_000}).encode()]), "header_too_large")
+    _assert_error(raw([json.dumps({"v": 2, "op": "ping", "pad": "x" * 70_000}).encode()]), "header_too_large")
     _assert_error(raw([b'{"v": 9, "op": "info"}']), "unsupported_version", "version 9")
-    _assert_error(raw([b'{"v": 1, "op": "eval"}']), "unknown_op", "eval")
+    _assert_error(raw([b'{"v": 2, "op": "eval"}']), "unknown_op", "eval")
+    _assert_error(raw([b'{"v": 2, "op": "plan", "height": 64, "width": 64}']), "unknown_op", "plan")  # gone in v2
+    _assert_error(raw([b'{"v": 1, "op": "info"}']), "unsupported_version", "speaks version 2")
     too_big = segment_header(arrays=[{"name": "pixels", "dtype": "uint8", "shape": [1024, 1024, 3]}])
     _assert_error(raw([json.dumps(too_big).encode(), b""]), "too_large", "limit is")
     bad_chunk = segment_header(src=[0, 0, 64, 32], out=[0, 0, 64, 32],
                                 arrays=[{"name": "pixels", "dtype": "uint8", "shape": [64, 32, 3]}])
     _assert_error(raw([json.dumps(bad_chunk).encode(), bytes(64 * 32 * 3)]), "bad_chunk", "worker's plan")
-    plan = {"v": 1, "op": "plan", "height": 10**6, "width": 10**6, "patch": 64, "stride": 32, "chunk_size": 64}
+    plan = {"v": 2, "op": "open", "height": 10**6, "width": 10**6, "patch": 64, "stride": 32, "chunk_size": 64}
     _assert_error(raw([json.dumps(plan).encode()]), "too_large", "chunks")
 
 

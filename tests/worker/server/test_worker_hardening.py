@@ -117,7 +117,7 @@ def _ping() -> list[bytes]:
 
 
 def test_many_frame_messages_leave_the_worker_rss_within_a_few_mb(worker, raw) -> None:
-    header = json.dumps({"v": 1, "op": "ping", "id": "many"}).encode()
+    header = json.dumps({"v": 2, "op": "ping", "id": "many"}).encode()
     frame = bytes(MAX_MB * 2**20 - 64)  # each frame just under the frame limit: libzmq lets it through
     assert raw.exchange(_ping()).header["status"] == "ok"
     before = rss_bytes(worker.process.pid)
@@ -137,7 +137,7 @@ def test_the_client_applies_the_same_limits_to_replies() -> None:
     """A hostile 'worker' answering with too many frames gets a ProtocolError, not unbounded buffering."""
 
     def answer(body: list[bytes]) -> list[bytes]:
-        reply = {"v": 1, "op": "info", "id": json.loads(body[0])["id"], "status": "ok"}
+        reply = {"v": 2, "op": "info", "id": json.loads(body[0])["id"], "status": "ok"}
         return [json.dumps(reply).encode(), *[b"x" * 1000] * 50]
 
     with fake_worker(answer) as endpoint, WorkerClient(endpoint, timeout_s=5, retries=0) as client:
@@ -162,14 +162,14 @@ def test_the_client_applies_the_same_limits_to_replies() -> None:
           b""], "bad_array"),
         ([json.dumps(_segment(arrays=[{"name": "pixels", "dtype": "uint8", "shape": [64, 64, 3]}])).encode(),
           bytes(10)], "bad_array"),
-        ([json.dumps(_segment(v=1.0)).encode(), bytes(64 * 64 * 3)], "unsupported_version"),
+        ([json.dumps(_segment(v=2.0)).encode(), bytes(64 * 64 * 3)], "unsupported_version"),
         ([json.dumps(_segment(v=True)).encode(), bytes(64 * 64 * 3)], "unsupported_version"),
         ([json.dumps(_segment()).replace('"index": 0', '"index": 1e400').encode(), bytes(64 * 64 * 3)], "bad_header"),
         ([json.dumps(_segment(lease_s=1e300)).encode(), bytes(64 * 64 * 3)], "bad_header"),
         ([json.dumps(_segment(index=0.0)).encode(), bytes(64 * 64 * 3)], "bad_header"),
-        ([json.dumps({"v": 1, "op": "plan", "height": 64, "width": 64.0}).encode()], "bad_header"),
-        ([json.dumps({"v": 1, "op": "open", "height": 64, "width": 64, "patch": True}).encode()], "bad_header"),
-        ([json.dumps({"v": 1, "op": "ping"}).encode(), b"x"], "bad_array"),
+        ([json.dumps({"v": 2, "op": "open", "height": 64, "width": 64.0}).encode()], "bad_header"),
+        ([json.dumps({"v": 2, "op": "open", "height": 64, "width": 64, "patch": True}).encode()], "bad_header"),
+        ([json.dumps({"v": 2, "op": "ping"}).encode(), b"x"], "bad_array"),
     ],
 )
 def test_malformed_messages_get_their_specific_code_from_a_real_worker(raw, frames: list, code: str) -> None:
@@ -251,13 +251,13 @@ def test_a_live_client_keeps_its_lease_through_a_long_chunk(worker, tiny_model) 
 def test_a_job_opens_with_one_round_trip_before_its_chunks() -> None:
     """A recording fake worker: the client's first message is 'open', the next ones are the chunks."""
     ops: list[str] = []
-    info = {"protocol": 1, "model": "FactSeg", "backbone": "fake", "classes": [], "patch": 64, "stride": 32,
+    info = {"protocol": P.PROTOCOL_VERSION, "model": "FactSeg", "backbone": "fake", "classes": [], "patch": 64, "stride": 32,
             "chunk_size": 64, "limits": P.DEFAULT_LIMITS.to_dict()}
 
     def answer(body: list[bytes]) -> list:
         request = P.parse_request(P.decode(body))
         ops.append(request.OP)
-        header = {"v": 1, "op": request.OP, "id": request.id, "status": "ok"}
+        header = {"v": P.PROTOCOL_VERSION, "op": request.OP, "id": request.id, "status": "ok"}
         arrays = None
         if isinstance(request, P.OpenRequest):
             header.update(info, height=64, width=64, chunks=[[0, 0, 0, 64, 64, 0, 0, 64, 64]])
@@ -278,7 +278,7 @@ def test_open_gives_info_and_plan_and_several_endpoints_must_agree(worker, tiny_
         info, options, chunks = client.open_job(300, 200)
         assert info["backbone"] == "resnet18" and info["limits"]["max_frame_bytes"] == MAX_MB * 2**20
         assert options == {"patch": 896, "stride": 512, "chunk_size": 4096}
-        assert chunks == client.plan(300, 200, 896, 512, 4096)
+        assert chunks == client.open_job(300, 200, 896, 512, 4096).chunks  # the defaults, resolved
     with start_worker(tiny_checkpoint, free_tcp_endpoint(), "--chunk-size", "1024") as other:
         with WorkerClient([worker.endpoint, other.endpoint], timeout_s=10) as client:
             with pytest.raises(WorkerError, match="workers disagree on chunk_size"):
@@ -302,12 +302,12 @@ def _fuzz_messages(rng: np.random.Generator, count: int) -> list[list[bytes]]:
         elif kind == "truncated":
             message = [valid_segment[: int(rng.integers(0, len(valid_segment) - 1))], bytes(64 * 64 * 3)]
         elif kind == "oversized":
-            message = [json.dumps({"v": 1, "op": "ping", "pad": "x" * int(rng.integers(65_536, 90_000))}).encode()]
+            message = [json.dumps({"v": 2, "op": "ping", "pad": "x" * int(rng.integers(65_536, 90_000))}).encode()]
         elif kind == "version":
-            version = [0, 2, -1, 1.0, True, "1", None, [1], 10**30, 1.5][int(rng.integers(0, 10))]
+            version = [0, 1, -1, 2.0, True, "2", None, [2], 10**30, 1.5][int(rng.integers(0, 10))]  # none is 2
             message = [json.dumps(_segment(v=version)).encode(), bytes(64 * 64 * 3)]
         elif kind == "op":
-            message = [json.dumps({"v": 1, "op": rng.bytes(8).hex(), "id": str(i)}).encode()]
+            message = [json.dumps({"v": 2, "op": rng.bytes(8).hex(), "id": str(i)}).encode()]
         elif kind == "shape":
             shape = [[64, 64], [64, 64, 4], [0, 10**30], [-1, 3], [2**40], [64, 64, 3, 1, 1], "64", [64.0, 64, 3]][
                 int(rng.integers(0, 8))]

@@ -86,7 +86,7 @@ def test_plaintext_peer_gets_nothing_from_a_curve_worker(curve_worker) -> None:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
-        sock.send_multipart([b'{"v": 1, "op": "info", "id": "x"}'])
+        sock.send_multipart([b'{"v": 2, "op": "info", "id": "x"}'])
         assert not sock.poll(1000)
         sock.close()
     finally:
