@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--curve-allowed-clients", default=None, help="folder of allowed client *.key files")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when the process that started this worker exits (local workers of QGIS)")
+    parser.add_argument("--train-dir", default=None,
+                        help="folder for fine-tuning jobs' uploads and runs (default: the system's temporary folder)")
+    parser.add_argument("--train-upload-idle-s", type=float, default=None,
+                        help="drop a training upload that receives no piece for this long (default 900)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker = Worker(engine, args.bind, limits=limits, chunk_size=args.chunk_size, heartbeat_s=args.heartbeat_s,
                         curve_secret_key=args.curve_secret_key, curve_allowed_clients=args.curve_allowed_clients,
-                        exit_with_parent=args.exit_with_parent)
+                        exit_with_parent=args.exit_with_parent, train_dir=args.train_dir,
+                        train_upload_idle_s=args.train_upload_idle_s)
     except WorkerStartError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
