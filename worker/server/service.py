@@ -60,6 +60,7 @@ class Worker:
         exit_with_parent: bool = False,
         train_dir: str | os.PathLike | None = None,
         train_upload_idle_s: float | None = None,
+        train_threads: int | None = None,
     ) -> None:
         check_bind_security(bind, curve_secret_key, curve_allowed_clients)
         self.engine = engine
@@ -83,7 +84,7 @@ class Worker:
         self._inference = InferenceThread(engine, self._state, self._ctx, pipe_address, min(0.5, heartbeat_s))
         self.stats: collections.Counter = collections.Counter()
         self.training = TrainingManager(getattr(engine, "model_path", ""), device=str(self.description.get("device")),
-                                        temp_root=train_dir, **_idle(train_upload_idle_s))
+                                        temp_root=train_dir, threads=train_threads, **_idle(train_upload_idle_s))
 
     # -- set-up ---------------------------------------------------------------------------------------------
 

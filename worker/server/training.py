@@ -34,7 +34,7 @@ from ..client.protocol import ProtocolError, Request
 from .logs import log_event
 from .training_config import build_job_config, check_overrides, read_uploaded_config
 from .training_events import EventReader
-from .training_jobs import JobFolder, check_space, sweep_dead_jobs, train_root, write_piece
+from .training_jobs import JobFolder, check_space, disk_full, sweep_dead_jobs, train_root, write_piece
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: An upload with no piece for UPLOAD_IDLE_S is dropped (on a timer); a result nobody fetches is kept RESULT_KEEP_S
@@ -84,13 +84,15 @@ class TrainingManager:
     """The worker's training jobs (at most one alive). Called from the worker's socket thread only."""
 
     def __init__(self, served_model: str | os.PathLike, device: str = "auto", python: str = sys.executable,
-                 temp_root: str | os.PathLike | None = None, upload_idle_s: float = UPLOAD_IDLE_S) -> None:
+                 temp_root: str | os.PathLike | None = None, upload_idle_s: float = UPLOAD_IDLE_S,
+                 threads: int | None = None) -> None:
         # Absolute: the training process runs from the repository, not from the worker's working directory.
         self.served_model = Path(served_model).resolve() if str(served_model) else Path()
         self.device = device
         self.python = python
         self.root = train_root(temp_root)
         self.upload_idle_s = upload_idle_s
+        self.threads = threads  # the worker's --threads, for the training process too
         self.job: TrainingJob | None = None
         sweep_dead_jobs(self.root)
 
@@ -221,6 +223,8 @@ class TrainingManager:
                    "--work-dir", str(job.run), "--max-iters", str(job.request.iterations), "--device", self.device]
         if init is not None:
             command += ["--init-from", str(init)]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
         job.run.mkdir()
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
@@ -330,6 +334,8 @@ class TrainingManager:
         failure = events.failure if events is not None else None
         if failure is not None:
             job.error, job.error_code = self._local(failure["message"], job), failure["kind"]
+        elif disk_full(self.root):  # too full even for the trainer to say so
+            job.error, job.error_code = "the worker's disk is full: training stopped; free some space", "no_space"
         else:
             job.error = _unexplained(job.process.returncode)
 

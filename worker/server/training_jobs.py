@@ -111,6 +111,14 @@ def check_space(root: Path, declared: int) -> None:
                             f"upload with its training needs about {need / 2**20:.0f} MiB", "no_space")
 
 
+def disk_full(root: Path, below: int = 16 * 1024 * 1024) -> bool:
+    """True when the disk under ``root`` has less than ``below`` bytes free."""
+    try:
+        return shutil.disk_usage(root).free < below
+    except OSError:
+        return False
+
+
 def write_piece(path: Path, offset: int, data: memoryview) -> None:
     """Write ``data`` at ``offset``; on failure cut the file back to ``offset`` (a full disk: ``no_space``)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)

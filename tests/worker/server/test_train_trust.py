@@ -188,3 +188,18 @@ def test_an_idle_upload_expires_on_a_timer_and_foreign_polls_do_not_renew_it(wor
         assert len(job_folders(train_dir)) == 1
     time.sleep(IDLE_S + 2.5)
     assert job_folders(train_dir) == []
+
+
+def test_a_broken_image_fails_the_job_with_a_one_sentence_cause(worker, export, train_dir):
+    files = [(name, b"this is not a png" if name == "train/images/t0.png" else data)
+             for name, data in export_upload(export, TINY_CONFIG)]
+    with WorkerClient(worker.endpoint, timeout_s=30) as client:
+        job, token = upload(client, files)
+        _start(client, job, token)
+        failed = wait_for(client, job, token, ("failed", "done"))
+        assert failed["state"] == "failed" and failed["error_code"] == "input", failed
+        error = failed["error"]
+        assert error.startswith("cannot decode train/images/t0.png"), error
+        assert "\n" not in error and "%|" not in error and str(train_dir) not in error
+        client.request(T.TrainCancel(job=job, token=token))
+    assert job_folders(train_dir) == []
