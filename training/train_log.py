@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -92,18 +93,19 @@ class EventLog:
 class EtaMeter:
     """Seconds left from an exponential moving average of the time per iteration (steady, not the last step)."""
 
-    def __init__(self, smoothing: float = 0.1) -> None:
+    def __init__(self, smoothing: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
         self.smoothing = smoothing
+        self.clock = clock
         self.per_iteration: float | None = None
         self._stamp: float | None = None
         self._iteration = 0
 
     def start(self, iteration: int) -> None:
         """The loop starts at ``iteration``: the first step's time counts (an ETA from the first iteration on)."""
-        self._stamp, self._iteration = time.monotonic(), iteration
+        self._stamp, self._iteration = self.clock(), iteration
 
     def update(self, iteration: int, total: int) -> float | None:
-        now = time.monotonic()
+        now = self.clock()
         if self._stamp is not None and iteration > self._iteration:
             step = (now - self._stamp) / (iteration - self._iteration)
             self.per_iteration = step if self.per_iteration is None else (
