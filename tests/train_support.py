@@ -104,3 +104,40 @@ def mount_tmpfs(folder: Path, size: str) -> bool:
 
 def unmount(folder: Path) -> None:
     subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+class RawPeer:
+    """A bare DEALER: sends any header (and arrays) and returns the decoded reply, or None after a timeout."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def exchange(self, frames: list, timeout_s: float = 15.0):
+        from worker.client import protocol as P
+
+        self.sock.send_multipart(frames)
+        while self.sock.poll(timeout_s * 1000):
+            reply = P.decode(self.sock.recv_multipart(), reply=True)
+            if reply.header.get("op") != "heartbeat":
+                return reply
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
