@@ -51,12 +51,20 @@ class JobFolder:
 
     def __init__(self, root: Path) -> None:
         self.path = Path(tempfile.mkdtemp(prefix=JOB_PREFIX, dir=root))
-        aside = self.path / f".{LOCK_NAME}.{os.getpid()}"
-        self.lock_fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        if fcntl is not None:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(self.lock_fd, json.dumps({"marker": MARKER, "pid": os.getpid(), "created": time.time()}).encode())
-        os.replace(aside, self.path / LOCK_NAME)
+        self.lock_fd = -1
+        try:
+            aside = self.path / f".{LOCK_NAME}.{os.getpid()}"
+            self.lock_fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            if fcntl is not None:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            marker = {"marker": MARKER, "pid": os.getpid(), "created": time.time()}
+            os.write(self.lock_fd, json.dumps(marker).encode())
+            os.replace(aside, self.path / LOCK_NAME)
+        except OSError as exc:
+            self.remove()
+            if exc.errno in FULL_DISK:
+                raise ProtocolError("the worker's disk is full: no room for a training job", "no_space") from None
+            raise
 
     def remove(self) -> None:
         """Delete the folder, then let go of its lock (in that order: nobody sweeps it while it goes)."""
