@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,9 @@ from pathlib import Path
 from factseg_contract import ClassTableError
 from factseg_core.checkpoint import CheckpointError
 from training.errors import DataError, TrainingCancelled, TrainingError
+from training.lifeline import tie_to_parent
 from training.train_config import TrainConfig, load_config
+from training.train_log import EventLog, describe_failure
 from training.trainer import Trainer
 
 
@@ -74,16 +77,31 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad input (config, data, checkpoint, option), 130 cancelled."""
+    """Exit codes: 0 done, 2 bad input (config, data, checkpoint, option) or a full disk, 130 cancelled, 1 a crash.
+
+    Every ending is also a structured event in ``WORK_DIR/events.jsonl`` (``done``, or ``failed`` with one
+    sentence and a kind), which is what a worker reads; started by a worker, the process dies with it.
+    """
     args = parse_args(argv)
+    tie_to_parent()
+    events = EventLog(Path(args.work_dir), enabled=os.environ.get("RANK", "0") == "0")
     try:
-        train(args)
+        result = train(args)
     except TrainingCancelled as exc:
+        events.emit("failed", message=str(exc), kind="cancelled")
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130
-    except (TrainingError, CheckpointError, DataError, ClassTableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (TrainingError, CheckpointError, DataError, ClassTableError, OSError) as exc:
+        message, kind = describe_failure(exc, Path(args.work_dir))
+        events.emit("failed", message=message, kind=kind)
+        print(f"error: {message}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        message, kind = describe_failure(exc, Path(args.work_dir))
+        events.emit("failed", message=message, kind=kind)
+        raise
+    if result.name == "final.pt":
+        events.emit("done", model=result.name)
     return 0
 
 

@@ -38,7 +38,7 @@ from .isaid import PatchDataset, cache_folder, prepare
 from .runtime import check_replicas_agree, restore_rng, rng_state, set_determinism, setup_runtime
 from .schedule import IterationBatches, poly_lr
 from .train_config import TrainConfig
-from .train_log import Logger, format_eta
+from .train_log import EventLog, Logger, format_eta
 from .weights import build_model, load_backbone_weights, read_init_weights, resolve_model, transfer_from
 
 #: ``progress(iteration, loss, lr, eta_s)``, called after every iteration on the main rank.
@@ -85,6 +85,7 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         set_determinism(config.train, rt.device)
         self.log = Logger(self.work_dir, rt.main)
+        self.events = EventLog(self.work_dir, rt.main)
         source = read_init_weights(init_from) if init_from else None
         model_config, self.classes = resolve_model(config.model, read_class_table(self.data_root), source)
         if model_config != config.model:
@@ -200,6 +201,7 @@ class Trainer:
         rt, d, t = self.runtime, self.config.data, self.config.train
         cache_dir = Path(d.cache_dir or self.work_dir / "cache")
         if rt.main:
+            self.events.emit("phase", phase="preparing")
             prepare(self.data_root, d.train_split, cache_dir, d.patch, d.stride, self.classes,
                     workers=d.prepare_workers, progress=self.progress_bar)
         if rt.distributed:
@@ -240,10 +242,13 @@ class Trainer:
         if rt.main:
             (self.work_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
             self.log.line(self._start_line(patches))
+            self.events.emit("phase", phase="training", iteration=self.iteration, iterations=self.total,
+                             patches=patches)
         self.net.train()
         bar = tqdm(total=self.total, initial=self.iteration, desc="train", unit="it",
                    disable=not (rt.main and self.progress_bar), dynamic_ncols=True)
         meter = _Meter(self.iteration)
+        self.events.eta.start(self.iteration)
         for images, labels in loader:
             if self.should_stop is not None and self.should_stop():
                 self._cancel(bar)
@@ -251,9 +256,9 @@ class Trainer:
             meter.add(result.loss)
             bar.update()
             bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}", refresh=False)
-            eta = (self.total - self.iteration) / max(meter.run_speed(self.iteration), 1e-9)
+            self.events.progress(self.iteration, self.total, result.loss, result.lr, self.iteration == self.stop)
             if self.progress is not None and rt.main:
-                self.progress(self.iteration, result.loss, result.lr, eta)
+                self.progress(self.iteration, result.loss, result.lr, self.events.eta_s or 0.0)
             if self.iteration % t.log_every == 0 or self.iteration == self.stop:
                 self._log_window(meter, result)
             if self.iteration % t.checkpoint_every == 0 and self.iteration < self.stop and rt.main:
@@ -309,9 +314,11 @@ class Trainer:
             self.log.line(f"no {split} split under {self.data_root}: skipping the final evaluation")
             return None
         self.model.eval()
+        self.events.emit("phase", phase="evaluating")
         metrics = evaluate_model(self.model, self.data_root, split, e.patch, e.stride, e.batch_size, e.tta,
                                  self.runtime.device, progress=self.progress_bar)
         (self.work_dir / f"eval_{split}.json").write_text(json.dumps(metrics, indent=1))
+        self.events.emit("evaluation", split=split, miou=metrics.get("miou"), fg_miou=metrics.get("fg_miou"))
         self.log.line(f"evaluation on {split}:\n{format_table(metrics)}")
         self.log.scalars(self.total, **{f"{split}/miou": metrics["miou"] or 0.0, f"{split}/fg_miou": metrics["fg_miou"] or 0.0})
         return metrics
@@ -335,9 +342,6 @@ class _Meter:
         its, mean = self.n / max(now - self.window_start, 1e-9), self.loss / max(self.n, 1)
         self.loss, self.n, self.window_start = 0.0, 0, now
         return its, mean
-
-    def run_speed(self, iteration: int) -> float:
-        return (iteration - self.start) / max(self.elapsed(), 1e-9)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.run_start

@@ -80,6 +80,7 @@ class RemoteTraining:
     def __init__(self, client: WorkerClient) -> None:
         self.client = client
         self.job: str | None = None
+        self.token: str | None = None  # the job's secret: every op after train_begin carries it
 
     def run(
         self,
@@ -91,10 +92,14 @@ class RemoteTraining:
         progress: Callable[[TrainingProgress], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         log: Callable[[str], None] | None = None,
+        preset: str | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> TrainingOutcome:
         """Upload ``data``, train ``iterations`` on the worker, write the model to ``output_model``.
 
         ``init_from``: "served" (the worker's own model), "scratch", or a local checkpoint file to upload.
+        ``config``: a local YAML file of overrides (uploaded; the worker accepts only its allowed keys, no paths);
+        ``preset``: the name of one of the worker's training presets; ``overrides``: sections of allowed keys.
         """
         is_cancelled = is_cancelled or (lambda: False)
         log = log or (lambda message: None)
@@ -105,18 +110,20 @@ class RemoteTraining:
         if mode == "upload":
             files.append(("init.pt", Path(init_from)))  # type: ignore[arg-type]
         total = sum(path.stat().st_size for _, path in files)
-        reply = self._call(T.TrainBegin(files=len(files), bytes=total, iterations=int(iterations), init_from=mode))
-        self.job = str(reply["job"])
+        reply = self._call(T.TrainBegin(files=len(files), bytes=total, iterations=int(iterations), init_from=mode,
+                                        preset=preset, overrides=overrides))
+        self.job, self.token = str(reply["job"]), str(reply["token"])
         try:
             log(f"Uploading {len(files)} files ({total / 1e6:.1f} MB) to the worker …")
             self._upload(files, int(reply.get("piece_bytes", T.PIECE_BYTES)), is_cancelled)
-            self._call(T.TrainStart(job=self.job))
+            self._call(T.TrainStart(job=self.job, token=self.token))
             log(f"Training {iterations} iterations on the worker …")
             self._follow(progress, is_cancelled)
             evaluation = self._download(Path(output_model), is_cancelled)
         except BaseException:
             self.cancel()
             raise
+        self.cancel()  # the model is here: let the worker delete its copy now rather than in an hour
         classes = json.loads((Path(data) / CLASSES_FILE).read_text(encoding="utf-8"))
         return TrainingOutcome(Path(output_model), evaluation, classes)
 
@@ -125,7 +132,7 @@ class RemoteTraining:
         if self.job is None:
             return
         try:
-            self._call(T.TrainCancel(job=self.job), timeout_s=15.0)
+            self._call(T.TrainCancel(job=self.job, token=self.token), timeout_s=15.0)
         except WorkerError:
             pass
 
@@ -143,7 +150,8 @@ class RemoteTraining:
                     if is_cancelled():
                         raise TrainingCancelled("Training cancelled during the upload; nothing was written.")
                     data = np.frombuffer(handle.read(piece), dtype=np.uint8)
-                    self._call(T.TrainFile(job=self.job, name=name, offset=offset, size=size, data=data))
+                    self._call(T.TrainFile(job=self.job, token=self.token, name=name, offset=offset, size=size,
+                                           data=data))
                     offset += data.size
 
     def _follow(self, progress: Callable[[TrainingProgress], None] | None, is_cancelled: Callable[[], bool]) -> None:
@@ -151,7 +159,7 @@ class RemoteTraining:
             if is_cancelled():
                 self.cancel()
                 raise TrainingCancelled("Training cancelled; the worker stopped and no model was written.")
-            status = self._call(T.TrainStatus(job=self.job))
+            status = self._call(T.TrainStatus(job=self.job, token=self.token))
             state = TrainingProgress.from_header(status)
             if progress is not None:
                 progress(state)
@@ -170,7 +178,7 @@ class RemoteTraining:
                 while size is None or offset < size:
                     if is_cancelled():
                         raise TrainingCancelled("Cancelled while the model was downloaded; no model was written.")
-                    message = self.client.request(T.TrainResult(job=self.job, offset=offset))
+                    message = self.client.request(T.TrainResult(job=self.job, token=self.token, offset=offset))
                     if offset == 0:
                         evaluation = message.header.get("eval")
                     size = int(message.header["size"])

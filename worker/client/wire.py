@@ -58,6 +58,9 @@ ERROR_CODES = (
     "unknown_job",
     "no_result",
     "training_failed",
+    "not_owner",  # a train_* op on a job another client began (wrong token, or another CURVE key)
+    "no_space",  # the worker's disk cannot hold the upload (or a piece hit a full disk: resend later)
+    "bad_config",  # a training preset or override that is unknown, mistyped, out of range, or a path
     "internal",
 )
 

@@ -30,6 +30,28 @@ def partial_path(path: PathLike) -> Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
+def partial_folder_path(path: PathLike) -> Path:
+    """Temporary name of an output *folder* while it is written: ``.NAME.partial`` beside ``NAME``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def claim_partial_folder(final: PathLike, writer: str = "run") -> Path:
+    """Create ``final``'s partial folder exclusively and return it: the caller owns it, and only it removes it.
+
+    The same rule as the partial files of :class:`OutputSet`: never write into, or delete, a partial this run did
+    not make. A partial that exists already belongs to another run (or was left by a killed one, which its
+    owner or a person removes): ``OutputPathError`` says so in one sentence and nothing is touched.
+    """
+    partial = partial_folder_path(final)
+    try:
+        partial.mkdir()
+    except FileExistsError:
+        raise OutputPathError(f"another {writer} is writing {final} (its temporary folder {partial.name} exists; "
+                              "if no other run is going on, remove that folder)") from None
+    return partial
+
+
 def sidecars(path: PathLike) -> list[Path]:
     """The sidecar files GDAL or SQLite may have created beside ``path`` (whether or not they exist)."""
     return [Path(f"{path}{suffix}") for suffix in SIDECAR_SUFFIXES]

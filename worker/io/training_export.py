@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import CLASSES_FILE, EXPORT_FILE, IGNORE_COLOR, IMAGES_DIR, MASKS_DIR, SPLITS, image_path, mask_path
+from .outputs import OutputPathError, claim_partial_folder, partial_folder_path
 
 BACKGROUND = {"id": 0, "name": "background", "color": [0, 0, 0]}
 #: Colours for the user's classes, in order: saturated and far apart, so masks are legible to a person too.
@@ -213,6 +214,8 @@ class TrainingDataWriter:
 
     OUT must not exist or be an empty folder: an export never mixes with, or replaces, other files. A failure or
     cancel (leaving the ``with`` block without :meth:`commit`) removes the partial folder and leaves OUT as it was.
+    The partial folder is created exclusively (:func:`worker.io.outputs.claim_partial_folder`): one that exists is
+    another export's (or a user's) and is never written into nor removed; this export is refused instead.
     """
 
     def __init__(self, output: str | os.PathLike, table: Sequence[dict[str, Any]]) -> None:
@@ -226,13 +229,17 @@ class TrainingDataWriter:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ExportError(f"The folder {parent} is not writable: choose another output folder.")
         self.table = list(table)
-        self.partial = parent / f".{self.output.name}.partial"
+        self.partial = partial_folder_path(self.output)
         self.counts = {split: 0 for split in SPLITS}
         self._committed = False
+        self._owned = False
 
     def __enter__(self) -> TrainingDataWriter:
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
+        try:
+            claim_partial_folder(self.output, "export")
+        except OutputPathError as exc:
+            raise ExportError(str(exc)) from None
+        self._owned = True
         for split in SPLITS:
             (self.partial / split / IMAGES_DIR).mkdir(parents=True)
             (self.partial / split / MASKS_DIR).mkdir(parents=True)
@@ -251,12 +258,15 @@ class TrainingDataWriter:
         (self.partial / CLASSES_FILE).write_text(json.dumps(self.table, indent=2) + "\n", encoding="utf-8")
         manifest = {**manifest, "classes": self.table, "tiles_per_split": dict(self.counts)}
         (self.partial / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if self.output.exists():
-            self.output.rmdir()  # empty, checked at the start
-        os.replace(self.partial, self.output)
+        try:
+            if self.output.exists():
+                self.output.rmdir()  # empty, checked at the start
+            os.replace(self.partial, self.output)
+        except OSError:
+            raise ExportError(f"Another export filled {self.output} meanwhile: this export was discarded.") from None
         self._committed = True
         return self.output
 
     def __exit__(self, *exc: Any) -> None:
-        if not self._committed and self.partial.exists():
+        if self._owned and not self._committed:
             shutil.rmtree(self.partial, ignore_errors=True)

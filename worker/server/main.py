@@ -38,12 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-message-mb", type=float, default=P.DEFAULT_LIMITS.max_frame_bytes / 2**20,
                         help="largest array frame accepted (a whole message may hold 1.5 times this)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for inference (default: the library's; set it when workers share a machine)")
+                        help="CPU threads for inference and training jobs (default: the library's; set it when workers share a machine)")
     parser.add_argument("--heartbeat-s", type=float, default=1.0)
     parser.add_argument("--curve-secret-key", default=None, help="server .key_secret file (enables CURVE)")
     parser.add_argument("--curve-allowed-clients", default=None, help="folder of allowed client *.key files")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when the process that started this worker exits (local workers of QGIS)")
+    parser.add_argument("--train-dir", default=None,
+                        help="folder for fine-tuning jobs' uploads and runs (default: the system's temporary folder)")
+    parser.add_argument("--train-upload-idle-s", type=float, default=None,
+                        help="drop a training upload that receives no piece for this long (default 900)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker = Worker(engine, args.bind, limits=limits, chunk_size=args.chunk_size, heartbeat_s=args.heartbeat_s,
                         curve_secret_key=args.curve_secret_key, curve_allowed_clients=args.curve_allowed_clients,
-                        exit_with_parent=args.exit_with_parent)
+                        exit_with_parent=args.exit_with_parent, train_dir=args.train_dir,
+                        train_upload_idle_s=args.train_upload_idle_s, train_threads=args.threads)
     except WorkerStartError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2

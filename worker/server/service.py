@@ -58,6 +58,9 @@ class Worker:
         curve_secret_key: str | os.PathLike | None = None,
         curve_allowed_clients: str | os.PathLike | None = None,
         exit_with_parent: bool = False,
+        train_dir: str | os.PathLike | None = None,
+        train_upload_idle_s: float | None = None,
+        train_threads: int | None = None,
     ) -> None:
         check_bind_security(bind, curve_secret_key, curve_allowed_clients)
         self.engine = engine
@@ -80,7 +83,8 @@ class Worker:
         self._configure_router(curve_secret_key, curve_allowed_clients)
         self._inference = InferenceThread(engine, self._state, self._ctx, pipe_address, min(0.5, heartbeat_s))
         self.stats: collections.Counter = collections.Counter()
-        self.training = TrainingManager(getattr(engine, "model_path", ""), device=str(self.description.get("device")))
+        self.training = TrainingManager(getattr(engine, "model_path", ""), device=str(self.description.get("device")),
+                                        temp_root=train_dir, threads=train_threads, **_idle(train_upload_idle_s))
 
     # -- set-up ---------------------------------------------------------------------------------------------
 
@@ -145,6 +149,7 @@ class Worker:
                         log_event(logging.WARNING, "parent_exited", parent=self._parent)
                         break
                     self._expire_silent_clients()
+                    self.training.tick()
                     self._heartbeats()
                     next_beat = time.monotonic() + self.heartbeat_s
         finally:
@@ -185,7 +190,7 @@ class Worker:
             message = P.decode(body, self.limits)
             msg_id = P.clip(message.header.get("id"), 128) if isinstance(message.header.get("id"), str) else None
             request = P.parse_request(message, self.limits)
-            reply = self._dispatch(identity, envelope, request)
+            reply = self._dispatch(identity, envelope, request, _curve_key(body[-1]) if self._auth else None)
             if reply is not None:
                 self._send(identity, envelope, {"v": P.PROTOCOL_VERSION, "op": request.OP, "id": request.id,
                                                 "status": "ok", **reply})
@@ -198,9 +203,10 @@ class Worker:
             self._send(identity, envelope, P.error_header(
                 "internal", "the worker could not handle this message (a bug; see the worker's log)", id=msg_id))
 
-    def _dispatch(self, identity: bytes, envelope: list[bytes], request: P.Request) -> dict[str, Any] | None:
+    def _dispatch(self, identity: bytes, envelope: list[bytes], request: P.Request,
+                  peer: str | None = None) -> dict[str, Any] | None:
         if request.OP.startswith("train_"):
-            reply, arrays = self.training.handle(request)
+            reply, arrays = self.training.handle(request, peer)
             self._send(identity, envelope, {"v": P.PROTOCOL_VERSION, "op": request.OP, "id": request.id,
                                             "status": "ok", **reply}, arrays)
             return None
@@ -372,6 +378,18 @@ class Worker:
         self._ctx.term()
         if self._bound and self.bind.startswith("ipc://"):
             Path(self.bind[len("ipc://"):]).unlink(missing_ok=True)
+
+
+def _curve_key(frame: Any) -> str | None:
+    """The CURVE public key (Z85) ZAP admitted the sender with: who owns a training job on a CURVE worker."""
+    try:
+        return frame.get("User-Id") or None
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return None
+
+
+def _idle(seconds: float | None) -> dict[str, float]:
+    return {} if seconds is None else {"upload_idle_s": seconds}
 
 
 def _public(description: dict[str, Any]) -> dict[str, Any]:

@@ -81,9 +81,9 @@ def test_segment_during_training_gets_a_clear_answer(worker, export, config, tmp
         files = export_files(export) + [("config.yaml", config)]
         reply = client.request(T.TrainBegin(files=len(files), bytes=sum(p.stat().st_size for _, p in files),
                                             iterations=10_000)).header
-        training.job = reply["job"]
+        training.job, training.token = reply["job"], reply["token"]
         training._upload(files, reply["piece_bytes"], lambda: False)
-        client.request(T.TrainStart(job=training.job))
+        client.request(T.TrainStart(job=training.job, token=training.token))
         try:
             with pytest.raises(RemoteError) as refused:
                 client.open_job(64, 64, 64, 32, 64)
@@ -111,15 +111,17 @@ def test_segment_during_training_gets_a_clear_answer(worker, export, config, tmp
 ])
 def test_hostile_uploads_are_refused(worker, name, code):
     with WorkerClient(worker.endpoint, timeout_s=10) as client:
-        job = client.request(T.TrainBegin(files=2, bytes=10, iterations=1)).header["job"]
+        begun = client.request(T.TrainBegin(files=2, bytes=10, iterations=1)).header
+        job, token = begun["job"], begun["token"]
         with pytest.raises(RemoteError) as refused:
-            client.request(T.TrainFile(job=job, name=name, offset=0, size=4, data=np.zeros(4, np.uint8)))
+            client.request(T.TrainFile(job=job, token=token, name=name, offset=0, size=4, data=np.zeros(4, np.uint8)))
         assert refused.value.code == code
         with pytest.raises(RemoteError) as too_much:
-            client.request(T.TrainFile(job=job, name="classes.json", offset=0, size=100, data=np.zeros(100, np.uint8)))
+            client.request(T.TrainFile(job=job, token=token, name="classes.json", offset=0, size=100,
+                                       data=np.zeros(100, np.uint8)))
         assert too_much.value.code == "too_large"
         with pytest.raises(RemoteError) as early:
-            client.request(T.TrainStart(job=job))
+            client.request(T.TrainStart(job=job, token=token))
         assert early.value.code == "bad_file"
         with pytest.raises(RemoteError) as unknown:
             client.request(T.TrainStatus(job="0" * 32))
@@ -127,7 +129,7 @@ def test_hostile_uploads_are_refused(worker, name, code):
         with pytest.raises(RemoteError) as malformed:
             client.request(T.TrainStatus(job="../../etc"))
         assert malformed.value.code == "bad_header"
-        client.request(T.TrainCancel(job=job))
+        client.request(T.TrainCancel(job=job, token=token))
         assert client.info()["classes"]  # still serving
 
 
