@@ -90,10 +90,13 @@ class RemoteTraining:
         progress: Callable[[TrainingProgress], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         log: Callable[[str], None] | None = None,
+        preset: str = "auto",
     ) -> TrainingOutcome:
         """Upload ``data``, train ``iterations`` on the worker, write the model to ``output_model``.
 
         ``init_from``: "served" (the worker's own model), "scratch", or a local checkpoint file to upload.
+        ``config``: a YAML recipe to upload, else ``preset``: a recipe of the worker's by name (auto, cpu, gpu);
+        ``iterations`` 0: the recipe's own length.
         """
         is_cancelled = is_cancelled or (lambda: False)
         log = log or (lambda message: None)
@@ -104,13 +107,15 @@ class RemoteTraining:
         if mode == "upload":
             files.append(("init.pt", Path(init_from)))  # type: ignore[arg-type]
         total = sum(path.stat().st_size for _, path in files)
-        reply = self._call(T.TrainBegin(files=len(files), bytes=total, iterations=int(iterations), init_from=mode))
+        reply = self._call(T.TrainBegin(files=len(files), bytes=total, iterations=int(iterations), init_from=mode,
+                                         preset=preset))
         self.job = str(reply["job"])
         try:
             log(f"Uploading {len(files)} files ({total / 1e6:.1f} MB) to the worker …")
             self._upload(files, int(reply.get("piece_bytes", T.PIECE_BYTES)), is_cancelled)
             self._call(T.TrainStart(job=self.job))
-            log(f"Training {iterations} iterations on the worker …")
+            log(f"Training {iterations} iterations on the worker …" if iterations
+                else f"Training with the worker's {preset!r} recipe …")
             self._follow(progress, is_cancelled)
             evaluation = self._download(Path(output_model), is_cancelled)
         except BaseException:

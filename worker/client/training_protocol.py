@@ -3,7 +3,7 @@
 A client uploads an exported training folder (``factseg:export_training_data``) file by file in bounded pieces,
 starts the run, polls its progress, may cancel it, and downloads the checkpoint in pieces:
 
-    train_begin  {files, bytes, iterations, init_from: "served"|"upload"|"scratch"}   → {job, piece_bytes}
+    train_begin  {files, bytes, iterations, init_from: "served"|"upload"|"scratch", preset}   → {job, piece_bytes}
     train_file   {job, name, offset, size} + array "data" (uint8, one piece)          → {received}
     train_start  {job}                                                                → {state}
     train_status {job}                                                                → {state, iteration, ...}
@@ -33,6 +33,9 @@ MAX_TRAIN_BYTES = 16 * 1024**3
 MAX_FILE_BYTES = 1024**3
 MAX_ITERATIONS = 1_000_000
 INIT_CHOICES = ("served", "upload", "scratch")
+#: A fine-tuning preset is a name the worker resolves to a recipe of its own (training/presets.py), never a path;
+#: "auto" is the one for the worker's device. ``iterations`` 0 means the preset's own length.
+PRESET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: Files an upload may hold: the export's layout, an optional config and an optional initial checkpoint.
 FILE_NAME = re.compile(r"^(classes\.json|config\.yaml|init\.pt|(train|val)/(images|masks)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.png)$")
 #: States of a training job, in order; the last three are final.
@@ -48,6 +51,7 @@ class TrainBegin(Request):
     bytes: int
     iterations: int
     init_from: str = "served"
+    preset: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,9 +114,13 @@ def parse_train_request(message: Message, msg_id: str | None) -> Request:
         init_from = header.get("init_from", "served")
         if init_from not in INIT_CHOICES:
             raise ProtocolError(f"header field 'init_from' must be one of {', '.join(INIT_CHOICES)}")
+        preset = header.get("preset", "auto")
+        if not isinstance(preset, str) or not PRESET_NAME.fullmatch(preset):
+            raise ProtocolError("header field 'preset' must be a preset name such as auto, cpu or gpu")
         return TrainBegin(id=msg_id, files=check_int(header, "files", 1, MAX_TRAIN_FILES),
                           bytes=check_int(header, "bytes", 1, MAX_TRAIN_BYTES),
-                          iterations=check_int(header, "iterations", 1, MAX_ITERATIONS), init_from=str(init_from))
+                          iterations=check_int(header, "iterations", 0, MAX_ITERATIONS), init_from=str(init_from),
+                          preset=preset)
     if op == "train_result":
         return TrainResult(id=msg_id, job=_job(header), offset=check_int(header, "offset", 0, 1 << 40))
     kinds = {"train_start": TrainStart, "train_status": TrainStatus, "train_cancel": TrainCancel}

@@ -35,15 +35,6 @@ RESULT_KEEP_S = 60 * 60
 LOG_LINE = re.compile(r"iter (\d+)/(\d+) loss ([-+0-9.eEnaif]+).*?eta (\d+):(\d\d):(\d\d)")
 
 
-def default_config() -> Path:
-    """The fine-tuning recipe when the client sends none (the demo recipe where it is absent)."""
-    configs = REPO_ROOT / "training" / "configs"
-    for name in ("finetune.yaml", "demo.yaml"):
-        if (configs / name).is_file():
-            return configs / name
-    raise ProtocolError("this worker has no training configuration: send config.yaml with the data", "training_failed")
-
-
 @dataclass
 class TrainingJob:
     """One upload-then-train job and its files under ``folder`` (``data/`` uploaded, ``run/`` the work dir)."""
@@ -95,7 +86,8 @@ class TrainingManager:
             return "busy training: a training job is uploading its data; try again after it has trained"
         progress = self._progress(job)
         eta = progress.get("eta_s")
-        return (f"busy training (iteration {progress.get('iteration', 0)}/{job.request.iterations}"
+        total = progress.get("iterations", job.request.iterations)
+        return (f"busy training (iteration {progress.get('iteration', 0)}/{total}"
                 f"{f', ETA {eta:.0f} s' if eta is not None else ''}); try again then, or use another worker")
 
     def status_fields(self) -> dict[str, Any]:
@@ -171,12 +163,15 @@ class TrainingManager:
             raise ProtocolError(f"the upload is incomplete ({len(job.received)} of {job.request.files} files, "
                                 f"{sum(job.received.values())} of {job.request.bytes} bytes)", "bad_file")
         _check_export(job.data)
-        config = job.data / "config.yaml" if "config.yaml" in job.received else default_config()
+        # An uploaded config.yaml, else the named preset, which training.train resolves (auto: by its device).
+        config = job.data / "config.yaml" if "config.yaml" in job.received else job.request.preset
         init = {"served": self.served_model, "upload": job.data / "init.pt", "scratch": None}[job.request.init_from]
         if init is not None and not Path(init).is_file():
             raise ProtocolError("init_from 'upload' needs the file init.pt in the upload", "bad_file")
         command = [self.python, "-m", "training.train", "--config", str(config), "--data-root", str(job.data),
-                   "--work-dir", str(job.run), "--max-iters", str(job.request.iterations), "--device", self.device]
+                   "--work-dir", str(job.run), "--device", self.device]
+        if job.request.iterations:  # 0: the recipe's own length
+            command += ["--max-iters", str(job.request.iterations)]
         if init is not None:
             command += ["--init-from", str(init)]
         job.run.mkdir()
@@ -273,7 +268,7 @@ class TrainingManager:
         progress: dict[str, Any] = {"elapsed_s": round((job.finished or time.monotonic()) - job.started, 1)}
         if match is not None:
             h, m, s = (int(v) for v in match.groups()[3:])
-            progress.update(iteration=int(match.group(1)), loss=_finite(match.group(3)),
+            progress.update(iteration=int(match.group(1)), iterations=int(match.group(2)), loss=_finite(match.group(3)),
                             eta_s=0.0 if job.state == "done" else float(3600 * h + 60 * m + s))
         return progress
 
