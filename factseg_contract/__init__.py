@@ -15,6 +15,7 @@ either copy without any ``sys.path`` change.
 """
 from .class_table import ClassTableError, check_class_table, check_dataset_table
 from .layout import (
+    AUTO_PRESET,
     CLASSES_FILE,
     EXPORT_FILE,
     IGNORE_COLOR,
@@ -23,6 +24,7 @@ from .layout import (
     MASK_SUFFIX,
     MASKS_DIR,
     SPLITS,
+    TRAINING_PRESETS,
     image_path,
     mask_path,
 )
@@ -38,6 +40,8 @@ from .limits import (
 )
 
 __all__ = [
+    "TRAINING_PRESETS",
+    "AUTO_PRESET",
     "BATCH_SIZE",
     "CHUNK_SIZE",
     "CLASSES_FILE",

@@ -31,3 +31,8 @@ def image_path(root: str | Path, split: str, name: str) -> Path:
 def mask_path(root: str | Path, split: str, name: str) -> Path:
     """``ROOT/SPLIT/masks/NAME_instance_color_RGB.png``."""
     return Path(root) / split / MASKS_DIR / f"{name}{MASK_SUFFIX}"
+
+#: Fine-tuning recipes by name (files of ``training/configs/``, shipped with every worker and the plugin zip):
+#: only the name crosses the wire; ``auto`` is ``gpu`` on CUDA and ``cpu`` elsewhere.
+TRAINING_PRESETS: dict[str, str] = {"cpu": "finetune_cpu.yaml", "gpu": "finetune.yaml"}
+AUTO_PRESET: str = "auto"

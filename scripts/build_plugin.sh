@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build dist/factseg.zip, installable with QGIS's "Install from ZIP": one top-level folder factseg/ holding the
-# plugin code (qgis_plugin/), metadata.txt and the icon, with the worker and factseg_core packages vendored inside
-# it. Inside QGIS the plugin imports only worker.client* and worker.io*, as the subpackage factseg.worker (a
-# relative import through qgis_plugin/worker_import.py: no sys.path change, nothing to shadow). worker/server and
-# factseg_core are there for a *local* worker process only, which runs `python -m worker` with
-# PYTHONPATH=<plugin folder> in the worker's own Python (with torch); QGIS's Python never imports them.
+# plugin code (qgis_plugin/), metadata.txt and the icon, with the worker, factseg_core and training packages (and
+# training/configs/*.yaml, the fine-tuning presets) vendored inside it. Inside QGIS the plugin imports only worker.client* and worker.io*, as the subpackage factseg.worker (a
+# relative import through qgis_plugin/worker_import.py: no sys.path change, nothing to shadow). worker/server,
+# factseg_core and training are there for a *local* worker process only, which runs `python -m worker` (and, to
+# fine-tune, `python -m training.train`) with PYTHONPATH=<plugin folder> in the worker's own Python (with torch
+# and worker-requirements.txt); QGIS's Python never imports them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,9 @@ copy_tree qgis_plugin "$STAGE/$NAME"
 copy_tree worker "$STAGE/$NAME/worker"
 copy_tree factseg_core "$STAGE/$NAME/factseg_core"
 copy_tree factseg_contract "$STAGE/$NAME/factseg_contract"  # the shared contract (worker.contract finds it)
+copy_tree training "$STAGE/$NAME/training"
+mkdir -p "$STAGE/$NAME/training/configs"
+cp training/configs/*.yaml "$STAGE/$NAME/training/configs/"   # the recipes, presets among them (training/presets.py)
 cp metadata.txt "$STAGE/$NAME/metadata.txt"
 for extra in LICENSE README.md worker-requirements.txt; do
   [ -f "$extra" ] && cp "$extra" "$STAGE/$NAME/$extra"

@@ -3,6 +3,7 @@
     python training/train.py --config training/configs/demo.yaml --data-root DATA --work-dir RUN
     python -m training.train --config training/configs/finetune.yaml --data-root MYDATA --work-dir RUN \\
         --init-from factseg50.pth
+    python -m training.train --config auto --data-root MYDATA --work-dir RUN --init-from tuned_before.pt
     torchrun --nproc_per_node=2 training/train.py --config training/configs/factseg_r50_isaid.yaml ...
 
 The recipe is the paper's (SGD momentum 0.9, weight decay 1e-4, poly LR, grad clip 35, joint CP loss with
@@ -30,6 +31,7 @@ from factseg_contract import ClassTableError
 from factseg_core.checkpoint import CheckpointError
 from training.errors import DataError, TrainingCancelled, TrainingError
 from training.lifeline import tie_to_parent
+from training.presets import resolve_config, resolved_device
 from training.train_config import TrainConfig, load_config
 from training.train_log import EventLog, describe_failure
 from training.trainer import Trainer
@@ -37,7 +39,8 @@ from training.trainer import Trainer
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train FactSeg on iSAID-layout data (also under torchrun).")
-    parser.add_argument("--config", required=True, help="YAML config (see training/configs/)")
+    parser.add_argument("--config", required=True, help="YAML config (see training/configs/), or a fine-tuning "
+                        "preset: cpu, gpu, or auto (the one for --device)")
     parser.add_argument("--data-root", required=True, help="dataset root with {train,val}/images and /masks "
                         "(and classes.json for a class table of one's own)")
     parser.add_argument("--work-dir", required=True, help="folder for checkpoints, logs, TensorBoard and caches")
@@ -57,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def config_with_overrides(args: argparse.Namespace) -> TrainConfig:
     """The config file with the command line's --max-iters and --deterministic applied, checked again."""
-    cfg = load_config(args.config)
+    cfg = load_config(resolve_config(args.config, resolved_device(args.device)))
     train = cfg.train
     if args.max_iters is not None:
         train = dataclasses.replace(train, iters=args.max_iters)

@@ -8,6 +8,7 @@ has arrived whole. Cancel stops the training on the worker.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from qgis.core import (
@@ -34,6 +35,9 @@ from ..worker_import import (
 )
 from .base import FactSegAlgorithm
 
+AUTO_PRESET = "auto"
+#: A recipe name (the worker resolves it to a file of its own: training/presets.py), never a path.
+PRESET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: Seconds to wait for any one reply (uploading a piece, a status poll); training itself may take hours.
 CALL_TIMEOUT_S = 120.0
 
@@ -62,7 +66,10 @@ class TrainAlgorithm(FactSegAlgorithm):
             "INIT_FROM: a checkpoint to start from (default: the model the worker serves; the released "
             "factseg50.pth works too). Weights whose names and shapes match are kept; the class heads are new "
             "when your classes differ.\n"
-            "CONFIG: a training YAML (default: the worker's training/configs/finetune.yaml).\n"
+            "ITERATIONS: 0 (default) trains for the recipe's own length.\n"
+            "CONFIG: the recipe: auto (default: the worker's cpu recipe on a CPU, gpu on a CUDA GPU), cpu (small "
+            "crops, a few hundred iterations: minutes on a laptop), gpu (512² crops, batch 8, 2000 iterations), "
+            "or a training YAML file of your own.\n"
             "SERVER_KEY / CLIENT_KEY or AUTHCFG: the CURVE keys of a remote worker, as for factseg:segment.\n"
             "The log shows iteration, loss and ETA; Cancel stops the training on the worker and writes nothing."
         )
@@ -71,14 +78,15 @@ class TrainAlgorithm(FactSegAlgorithm):
         self.addParameter(QgsProcessingParameterFile(
             self.DATA, "Training data folder (from Export training data)", QgsProcessingParameterFile.Behavior.Folder))
         self.addParameter(QgsProcessingParameterNumber(
-            self.ITERATIONS, "Iterations", QgsProcessingParameterNumber.Type.Integer, 2000, minValue=1, maxValue=1_000_000))
+            self.ITERATIONS, "Iterations (0: the recipe's own)", QgsProcessingParameterNumber.Type.Integer, 0,
+            minValue=0, maxValue=1_000_000))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_MODEL, "Fine-tuned model", "PyTorch checkpoint (*.pt)"))
         self.addParameter(QgsProcessingParameterFile(
             self.INIT_FROM, "Start from this checkpoint (default: the model the worker serves)", optional=True,
             fileFilter="Checkpoints (*.pt *.pth)"))
-        self.addParameter(QgsProcessingParameterFile(
-            self.CONFIG, "Training configuration (YAML)", optional=True, fileFilter="YAML (*.yaml *.yml)"))
+        self.addParameter(QgsProcessingParameterFile(  # no file filter: a preset name is a valid value too
+            self.CONFIG, "Training recipe: auto, cpu, gpu, or a YAML file", defaultValue=AUTO_PRESET, optional=True))
         self.addParameter(QgsProcessingParameterString(
             self.WORKER, "Worker endpoint (empty: train with a local worker)", "", optional=True))
         self.addParameter(QgsProcessingParameterFile(
@@ -118,7 +126,7 @@ class TrainAlgorithm(FactSegAlgorithm):
 
     def _train(self, parameters, context, feedback, target: WorkerTarget, data: str, output: str) -> dict | None:
         init_from = self.parameterAsFile(parameters, self.INIT_FROM, context) or "served"
-        config = self.parameterAsFile(parameters, self.CONFIG, context) or None
+        config, preset = _recipe(self.parameterAsFile(parameters, self.CONFIG, context))
         iterations = self.parameterAsInt(parameters, self.ITERATIONS, context)
         last = [-1]
 
@@ -135,14 +143,29 @@ class TrainAlgorithm(FactSegAlgorithm):
         endpoint = target.endpoint or local_endpoint(target.local)
         with target.client(endpoint, CALL_TIMEOUT_S, retries=2) as client:
             info = client.info()
-            feedback.pushInfo(f"Training on {endpoint} ({info.get('device', '?')}), from "
+            recipe = config or (f"the {preset!r} recipe" + (" (cpu or gpu by the worker's device)"
+                                                             if preset == AUTO_PRESET else ""))
+            feedback.pushInfo(f"Training on {endpoint} ({info.get('device', '?')}) with {recipe}, from "
                               f"{'the served model ' + str(info.get('model_file', '')) if init_from == 'served' else init_from}.")
             outcome = RemoteTraining(client).run(data, output, iterations, init_from, config, on_progress,
-                                                 feedback.isCanceled, feedback.pushInfo)
+                                                 feedback.isCanceled, feedback.pushInfo, preset=preset or AUTO_PRESET)
         feedback.pushInfo(f"Wrote {outcome.model_path}.")
         for line in _iou_lines(outcome.evaluation, outcome.classes):
             feedback.pushInfo(line)
         return outcome.evaluation
+
+
+def _recipe(value: str | None) -> tuple[str | None, str | None]:
+    """CONFIG as (YAML file to upload, None) or (None, preset name the worker resolves); empty means auto."""
+    value = (value or "").strip()
+    if not value or value.lower() == AUTO_PRESET:
+        return None, AUTO_PRESET
+    if Path(value).is_file():
+        return value, None
+    if PRESET_NAME.fullmatch(value.lower()):
+        return None, value.lower()
+    raise QgsProcessingException(f"CONFIG {value!r} is neither a recipe name (auto, cpu, gpu) nor an existing YAML "
+                                 "file: give one of those.")
 
 
 def _miou(evaluation: dict | None) -> float | None:

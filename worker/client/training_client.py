@@ -92,14 +92,15 @@ class RemoteTraining:
         progress: Callable[[TrainingProgress], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         log: Callable[[str], None] | None = None,
-        preset: str | None = None,
+        preset: str | None = "auto",
         overrides: dict[str, Any] | None = None,
     ) -> TrainingOutcome:
         """Upload ``data``, train ``iterations`` on the worker, write the model to ``output_model``.
 
         ``init_from``: "served" (the worker's own model), "scratch", or a local checkpoint file to upload.
         ``config``: a local YAML file of overrides (uploaded; the worker accepts only its allowed keys, no paths);
-        ``preset``: the name of one of the worker's training presets; ``overrides``: sections of allowed keys.
+        ``preset``: the name of one of the worker's training presets (auto, cpu, gpu); ``overrides``: sections of
+        allowed keys; ``iterations`` 0: the recipe's own length.
         """
         is_cancelled = is_cancelled or (lambda: False)
         log = log or (lambda message: None)
@@ -117,7 +118,8 @@ class RemoteTraining:
             log(f"Uploading {len(files)} files ({total / 1e6:.1f} MB) to the worker …")
             self._upload(files, int(reply.get("piece_bytes", T.PIECE_BYTES)), is_cancelled)
             self._call(T.TrainStart(job=self.job, token=self.token))
-            log(f"Training {iterations} iterations on the worker …")
+            log(f"Training {iterations} iterations on the worker …" if iterations
+                else f"Training with the worker's {preset!r} recipe …")
             self._follow(progress, is_cancelled)
             evaluation = self._download(Path(output_model), is_cancelled)
         except BaseException:

@@ -59,7 +59,7 @@ class TrainBegin(Request):
     bytes: int
     iterations: int
     init_from: str = "served"
-    preset: str | None = None
+    preset: str | None = "auto"
     overrides: dict[str, Any] | None = None
 
 
@@ -131,7 +131,7 @@ def _begin(header: Mapping[str, Any], msg_id: str | None) -> TrainBegin:
     init_from = header.get("init_from", "served")
     if init_from not in INIT_CHOICES:
         raise ProtocolError(f"header field 'init_from' must be one of {', '.join(INIT_CHOICES)}")
-    preset = header.get("preset")
+    preset = header.get("preset", "auto")
     if preset is not None and (not isinstance(preset, str) or not PRESET_NAME.fullmatch(preset)):
         raise ProtocolError("header field 'preset' must be the name of one of the worker's training presets "
                             "(letters, digits, '_' and '-'; never a path)", "bad_config")
@@ -141,7 +141,7 @@ def _begin(header: Mapping[str, Any], msg_id: str | None) -> TrainBegin:
                             "bad_config")
     return TrainBegin(id=msg_id, files=check_int(header, "files", 1, MAX_TRAIN_FILES),
                       bytes=check_int(header, "bytes", 1, MAX_TRAIN_BYTES),
-                      iterations=check_int(header, "iterations", 1, MAX_ITERATIONS), init_from=str(init_from),
+                      iterations=check_int(header, "iterations", 0, MAX_ITERATIONS), init_from=str(init_from),
                       preset=preset, overrides=overrides)
 
 

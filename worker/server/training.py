@@ -108,7 +108,8 @@ class TrainingManager:
             return "busy training: a training job is uploading its data; try again after it has trained"
         progress = self._progress(job)
         eta = progress.get("eta_s")
-        return (f"busy training (iteration {progress.get('iteration', 0)}/{job.request.iterations}"
+        total = progress.get("iterations", job.request.iterations)
+        return (f"busy training (iteration {progress.get('iteration', 0)}/{total}"
                 f"{f', ETA {eta:.0f} s' if eta is not None else ''}); try again then, or use another worker")
 
     def status_fields(self) -> dict[str, Any]:
@@ -221,7 +222,9 @@ class TrainingManager:
 
     def _spawn(self, job: TrainingJob, config: Path, init: Path | None) -> None:
         command = [self.python, "-m", "training.train", "--config", str(config), "--data-root", str(job.data),
-                   "--work-dir", str(job.run), "--max-iters", str(job.request.iterations), "--device", self.device]
+                   "--work-dir", str(job.run), "--device", self.device]
+        if job.request.iterations:  # 0: the recipe's own length
+            command += ["--max-iters", str(job.request.iterations)]
         if init is not None:
             command += ["--init-from", str(init)]
         if self.threads:

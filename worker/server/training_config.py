@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ..client.protocol import ProtocolError
-from ..contract import MAX_PATCH
+from ..contract import AUTO_PRESET, MAX_PATCH, TRAINING_PRESETS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -90,17 +90,30 @@ def presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if PRESET_NAME.fullmatch(p.stem))
 
 
-def default_preset(device: str) -> str | None:
-    """The preset a job gets when it names none: the fine-tuning recipe (the demo's where it is absent)."""
-    names = presets()
-    return next((name for name in ("finetune", "demo") if name in names), None)
+#: Preset names that stand for a recipe file of training/configs/ (the contract's table).
+ALIASES = {name: Path(file).stem for name, file in TRAINING_PRESETS.items()}
+AUTO = AUTO_PRESET
 
 
-def preset_path(name: str) -> Path:
-    """The file of preset ``name``: looked up among the shipped names, so no name can reach another path."""
-    if not isinstance(name, str) or not PRESET_NAME.fullmatch(name) or name not in presets():
-        raise _refuse(f"no training preset {_show(name)} on this worker; it has {', '.join(presets()) or 'none'}")
-    return CONFIG_DIR / f"{name}.yaml"
+def default_preset(device: str) -> str:
+    """The preset for the device the job will train on: ``gpu`` on CUDA, else ``cpu`` (hours become minutes)."""
+    if device == AUTO:
+        import torch  # the worker's own process has torch; resolve "auto" as the trainer will
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "gpu" if str(device).lower().startswith("cuda") else "cpu"
+
+
+def preset_path(name: str, device: str = AUTO) -> Path:
+    """The file of preset ``name`` (``auto``, ``cpu``, ``gpu`` or a shipped file's stem), looked up among the
+    shipped names, so no name can reach another path."""
+    if name == AUTO:
+        name = default_preset(device)
+    stem = ALIASES.get(name, name)
+    if not isinstance(name, str) or not PRESET_NAME.fullmatch(name) or stem not in presets():
+        names = ", ".join([AUTO, *ALIASES, *presets()])
+        raise _refuse(f"no training preset {_show(name)} on this worker; it has {names}")
+    return CONFIG_DIR / f"{stem}.yaml"
 
 
 def check_overrides(overrides: Any, source: str = "overrides") -> dict[str, dict[str, Any]]:
@@ -149,13 +162,10 @@ def build_job_config(preset_name: str | None, overrides: Mapping[str, Any] | Non
                      device: str = "auto") -> Path:
     """Write the job's config (preset + checked overrides, no path keys) to ``job_dir/config.yaml``; return it.
 
-    ``preset_name``: one of :func:`presets` (None: :func:`default_preset` for ``device``). ``overrides``:
+    ``preset_name``: ``auto`` (None too: :func:`default_preset` for ``device``), ``cpu``, ``gpu`` or one of :func:`presets`. ``overrides``:
     sections of allowed keys (already checked ones pass again unchanged). Raises ProtocolError ``bad_config``.
     """
-    name = preset_name if preset_name is not None else default_preset(device)
-    if name is None:
-        raise ProtocolError("this worker has no training preset: it cannot train", "training_failed")
-    loaded = yaml.safe_load(preset_path(name).read_text(encoding="utf-8")) or {}
+    loaded = yaml.safe_load(preset_path(preset_name or AUTO, device).read_text(encoding="utf-8")) or {}
     base = {section: dict(values or {}) for section, values in loaded.items()}
     config = _merge(base, check_overrides(overrides))
     for section, keys in PATH_KEYS.items():
