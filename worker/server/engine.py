@@ -16,6 +16,35 @@ from ..client.protocol import PlanRequest, plan_rows
 from .queue import Job
 
 
+def device_hardware(device: str) -> dict[str, Any]:
+    """What runs the model, by name: the GPU's model and memory, or the CPU's model name (``info``'s
+    ``device_name`` and ``device_memory_bytes``, None where unknown), so users see whether their GPU is used."""
+    if device.startswith("cuda"):
+        import torch
+
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return {"device_name": str(props.name), "device_memory_bytes": int(props.total_memory)}
+    return {"device_name": cpu_name(), "device_memory_bytes": None}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else the platform's word for it), with its core count."""
+    import os
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "CPU"
+    return f"{name} ({os.cpu_count() or '?'} logical cores)"
+
+
 class Engine:
     """The model (loaded once) and its plans; anything shaped like this class can serve (tests, benchmarks)."""
 
@@ -47,10 +76,12 @@ class Engine:
             "patch": int(meta.get("patch", config.PATCH_SIZE)),
             "stride": int(meta.get("stride", config.STRIDE)),
             "device": str(self.runner.device),
+            **device_hardware(str(self.runner.device)),
             "backend": str(getattr(self.runner, "name", self.backend)),
             "batch_size": self.batch_size,
             "amp": self.amp,
             "precision": str(getattr(self.runner, "precision", "fp32")),
+            "model_card": getattr(self.runner, "model_card", None),
             **self.live(),
         }
 

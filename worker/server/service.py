@@ -377,4 +377,4 @@ class Worker:
 
 
 def _public(description: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in description.items() if k != "classes"}
+    return {k: v for k, v in description.items() if k not in ("classes", "model_card")}
