@@ -28,6 +28,7 @@ from .aoi import PolygonMask, union_of
 from .errors import FactSegError, JobCancelled
 from .grid import OutputGrid, plan_grid
 from .local_workers import LocalWorkerSpec, local_endpoint, release
+from .model_resolution import run_note
 from .output_paths import check_outputs
 from .raster_reading import RasterReader, parse_bands
 from .worker_import import (
@@ -227,6 +228,9 @@ def _run(request: JobRequest, progress: Progress, is_cancelled: IsCancelled, log
                 classes = _check_classes(info, endpoint)
                 log(f"Model {info.get('model', '?')} ({info.get('backbone', '?')}, {len(classes)} classes) "
                     f"on {info.get('device', '?')}.")
+                note = run_note(info, grid)  # the model sees pixels far from its own ground resolution
+                if note:
+                    log(note)
                 writer = _segment(request, client, classes, outputs, progress, is_cancelled)
         except SegmentationCancelled as exc:
             raise JobCancelled("Segmentation cancelled; the worker stopped and no output was written.") from exc
