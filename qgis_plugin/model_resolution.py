@@ -54,8 +54,8 @@ def model_resolution(target: Any, layer: QgsRasterLayer, context: QgsCoordinateT
     if native is not None and abs(native / gsd - 1.0) < 1e-3:
         return 0.0, "map_units"
     if log is not None:
-        layer_part = f"; the layer's {native:.4g} m/px pixels are read resampled" if native else ""
-        log(f"RESOLUTION not given: the model's ground resolution, {gsd:.4g} m/px{layer_part}.")
+        layer_part = f"; the layer's {native:.3g} m/px pixels are read resampled" if native else ""
+        log(f"RESOLUTION not given: the model's ground resolution, {gsd:.3g} m/px{layer_part}.")
     return gsd * 100.0, "cm_per_px"
 
 

@@ -101,12 +101,12 @@ class ModelResolution:
         layer = self.layer_combo.currentLayer()
         own = layer_gsd(layer, QgsProject.instance().transformContext()) if isinstance(layer, QgsRasterLayer) \
             else None
-        layer_part = f"Layer: {own:.4g} m/px" if own else "Layer: no native resolution"
+        layer_part = f"Layer: {own:.3g} m/px" if own else "Layer: no native resolution"
         if self.model_gsd is None:
             self.note.setText(f"{layer_part} · model: not known yet (Check worker; a run left at the layer's "
                               "resolution uses the model's own where its card gives one).")
             return
-        text = f"{layer_part} · model: {self.model_gsd:.4g} m/px (its model card)."
+        text = f"{layer_part} · model: {self.model_gsd:.3g} m/px (its model card)."
         warning = degrade_note(self.model_gsd, self.chosen_gsd())
         self.note.setText(f"{text}\n{warning}" if warning else text)
 
