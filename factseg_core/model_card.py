@@ -23,7 +23,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .classes import ClassInfo, classes_to_dicts
@@ -156,6 +158,23 @@ def parse_value(key: str, text: str) -> Any:
     return check_field(key, value)
 
 
+def read_model_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The card of a model file: our checkpoint, the released weights (derived card) or an ONNX export.
+
+    The plugin's dialog runs this in the local worker's Python (which has torch) to learn a model's ``gsd_m``.
+    """
+    from .backends import onnx_card, read_onnx_metadata
+    from .checkpoint import CheckpointError, load_model
+    from .classes import classes_from_dicts
+
+    if str(path).lower().endswith(".onnx"):
+        meta = read_onnx_metadata(path)
+        if not meta:
+            raise CheckpointError(f"{path} has no FactSeg metadata: export it with training/export_onnx.py")
+        return onnx_card(meta, classes_from_dicts(meta["classes"]), Path(path))
+    return dict(load_model(path, "cpu").model_card)
+
+
 def _numbers(value: Any) -> bool:
     return isinstance(value, list | tuple) and bool(value) and all(
         isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
@@ -168,4 +187,4 @@ def _class_dicts(classes: Sequence[ClassInfo] | Sequence[Mapping[str, Any]]) -> 
 
 
 __all__ = ["CARD_KEY", "FIELDS", "ModelCardError", "build_card", "card_from_checkpoint", "check_card", "check_field",
-           "derived_card", "parse_value", "utc_now"]
+           "derived_card", "parse_value", "read_model_card", "utc_now"]

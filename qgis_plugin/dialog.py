@@ -82,6 +82,7 @@ class SegmentDialog(QDialog):
         self._build()
         self._load_settings()
         self._layer_changed(self.layer_combo.currentLayer())
+        self.model_resolution.watch_local(self.local_radio, self.python_widget, self.model_widget)
 
     # -- construction ---------------------------------------------------------------------------------------
 

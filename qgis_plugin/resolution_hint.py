@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
-from qgis.core import QgsProject, QgsRasterLayer
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton
 
 from .errors import FactSegError
 from .grid import ground_metres_per_unit, native_resolution
+from .model_card_reader import ReadCardTask
 from .model_resolution import card_gsd, degrade_note, layer_gsd
 from .settings import RESOLUTION_UNITS
 
@@ -30,6 +32,9 @@ class ModelResolution:
                  native: Callable[[], float | None]) -> None:
         self.spin, self.units_combo, self.layer_combo, self.native = spin, units_combo, layer_combo, native
         self.model_gsd: float | None = None
+        self.unknown = "not known yet (Check worker)"
+        self._local: tuple | None = None
+        self.task: ReadCardTask | None = None
         self.button = QPushButton("Model")
         self.button.setToolTip("The ground resolution the model was trained at (its model card; Check worker)")
         self.button.setEnabled(False)
@@ -45,9 +50,46 @@ class ModelResolution:
 
     def set_info(self, info: dict | None) -> None:
         """A worker's ``info`` (None: forget the model): its card's ``gsd_m`` becomes the default resolution."""
+        previous = self.model_value()
         self.model_gsd = card_gsd(info)
+        if info is not None and self.model_gsd is None:
+            self.unknown = "not known (its model card gives no gsd_m)"
+        native = self.native()
+        if self.model_gsd is None and previous is not None and native is not None \
+                and math.isclose(self.spin.value(), previous, rel_tol=1e-6):
+            self.spin.setValue(native)  # the value was the former model's: back to the layer's own
         self.button.setEnabled(self.model_gsd is not None)
         self.apply_default()
+
+    def watch_local(self, local_radio, python_widget, model_widget) -> ReadCardTask | None:
+        """A local worker's model: its card is read in the worker Python (a task) now and whenever it changes."""
+        self._local = (local_radio, python_widget, model_widget)
+        local_radio.toggled.connect(self.read_local)
+        model_widget.fileChanged.connect(self.read_local)
+        return self.read_local()
+
+    def read_local(self, *_args) -> ReadCardTask | None:
+        """Start reading the local model's card (off the GUI thread); forget the model's resolution meanwhile."""
+        radio, python, model = self._local  # type: ignore[misc]
+        path = model.filePath().strip()
+        if not radio.isChecked() or not path or not Path(path).is_file():
+            self.unknown = "not known yet (Check worker)" if not radio.isChecked() else "no model file chosen"
+            self.set_info(None)
+            return None
+        self.unknown = "reading the model's card…"
+        self.set_info(None)
+        task = ReadCardTask(python.filePath(), path)
+        task.read.connect(lambda card, message: self._local_read(card, message, path))
+        self.task = task  # a Python reference keeps the task alive while it runs
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _local_read(self, card: dict | None, message: str, path: str) -> None:
+        radio, _python, model = self._local  # type: ignore[misc]
+        if not radio.isChecked() or model.filePath().strip() != path:
+            return  # the choice changed meanwhile: a newer read is on its way
+        self.unknown = f"not known ({message.rstrip('.')})"
+        self.set_info({"model_card": card} if card else None)
 
     def apply_default(self, *_args) -> None:
         """The model's resolution when it is known, else the value the dialog already shows (the layer's)."""
@@ -103,8 +145,8 @@ class ModelResolution:
             else None
         layer_part = f"Layer: {own:.3g} m/px" if own else "Layer: no native resolution"
         if self.model_gsd is None:
-            self.note.setText(f"{layer_part} · model: not known yet (Check worker; a run left at the layer's "
-                              "resolution uses the model's own where its card gives one).")
+            self.note.setText(f"{layer_part} · model: {self.unknown}; a run left at the layer's resolution uses the "
+                              "model's own where its card gives one.")
             return
         text = f"{layer_part} · model: {self.model_gsd:.3g} m/px (its model card)."
         warning = degrade_note(self.model_gsd, self.chosen_gsd())

@@ -19,21 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from factseg_core.checkpoint import CheckpointError, load_model, save_checkpoint
-from factseg_core.model_card import FIELDS, ModelCardError, check_card, parse_value
-
-
-def read_card(path: str | Path) -> dict[str, Any]:
-    """The card of a checkpoint or ONNX file (derived where the file has none)."""
-    if str(path).lower().endswith(".onnx"):
-        from factseg_core.backends import onnx_card, read_onnx_metadata
-        from factseg_core.classes import classes_from_dicts
-
-        meta = read_onnx_metadata(path)
-        if not meta:
-            raise CheckpointError(f"{path} has no FactSeg metadata: export it with training/export_onnx.py")
-
-        return onnx_card(meta, classes_from_dicts(meta["classes"]), Path(path))
-    return dict(load_model(path, "cpu").model_card)
+from factseg_core.model_card import FIELDS, ModelCardError, check_card, parse_value, read_model_card
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
@@ -81,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {args.output} with " + ", ".join(f"{k}={json.dumps(card[k])}" for k in
                                                            parse_assignments(args.set)), file=sys.stderr)
         else:
-            card = read_card(args.model)
+            card = read_model_card(args.model)
     except (CheckpointError, ModelCardError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

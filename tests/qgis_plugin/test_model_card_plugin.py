@@ -92,8 +92,8 @@ def export(provider, raster, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def worker(export, tmp_path_factory):
-    """A model fine-tuned from the export (tiny, 2 iterations, by training/train.py) served by a real worker."""
+def finetuned(export, tmp_path_factory):
+    """A model fine-tuned from the export (tiny, 2 iterations, by training/train.py)."""
     run = tmp_path_factory.mktemp("run")
     (run / "tiny.yaml").write_text(TINY_CONFIG.replace("eval: {", "eval: {enabled: false, "))
     done = subprocess.run([str(VENV_PYTHON), "training/train.py", "--config", str(run / "tiny.yaml"), "--data-root",
@@ -101,7 +101,13 @@ def worker(export, tmp_path_factory):
                            "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
-    running = start_worker(run / "final.pt")
+    return run / "final.pt"
+
+
+@pytest.fixture(scope="module")
+def worker(finetuned):
+    """The fine-tuned model served by a real worker."""
+    running = start_worker(finetuned)
     yield running
     running.stop()
 
@@ -199,6 +205,38 @@ def test_dialog_shows_both_resolutions_and_the_warning(qgis_iface, raster, worke
         assert (params["RESOLUTION"], params["RESOLUTION_UNITS"]) == (0.5, 0)  # the layer's grid, explicitly
         dialog.model_resolution.button.click()
         assert dialog.resolution_spin.value() == pytest.approx(R, rel=1e-6) and "degrade" not in note.text()
+    finally:
+        dialog.close()
+        QgsProject.instance().removeAllMapLayers()
+
+
+def _wait_for(condition, timeout_s=120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the dialog did not update in time"
+        QCoreApplication.processEvents()
+        time.sleep(0.02)
+
+
+def test_dialog_reads_a_local_models_card(qgis_iface, raster, finetuned, tiny_checkpoint):
+    from qgis_plugin.dialog import SegmentDialog
+
+    QgsProject.instance().removeAllMapLayers()
+    layer = QgsRasterLayer(str(raster), "scene")
+    QgsProject.instance().addMapLayer(layer)
+    dialog = SegmentDialog(qgis_iface)
+    try:
+        dialog.layer_combo.setLayer(layer)
+        dialog.units_combo.setCurrentIndex(1)  # cm / pixel
+        dialog.python_widget.setFilePath(str(VENV_PYTHON))
+        dialog.local_radio.setChecked(True)
+        dialog.model_widget.setFilePath(str(finetuned))
+        note = dialog.model_resolution.note
+        _wait_for(lambda: "model: 1 m/px" in note.text())
+        assert dialog.resolution_spin.value() == pytest.approx(100 * R, rel=1e-3)  # defaults to the model's
+        dialog.model_widget.setFilePath(str(tiny_checkpoint))  # a model whose card has no gsd_m
+        _wait_for(lambda: "gives no gsd_m" in note.text())
+        assert dialog.build_parameters()["RESOLUTION"] == 0.0  # the run keeps the layer's grid for it
     finally:
         dialog.close()
         QgsProject.instance().removeAllMapLayers()
