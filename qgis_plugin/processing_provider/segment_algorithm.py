@@ -29,6 +29,7 @@ from qgis.core import (
 
 from ..errors import FactSegError
 from ..job import JobRequest, JobResult, format_statistics, prepare_job, run_job, summary
+from ..local_workers import release
 from ..model_resolution import model_resolution
 from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
 from .base import FactSegAlgorithm
@@ -176,6 +177,8 @@ class SegmentAlgorithm(FactSegAlgorithm):
                 aoi_crs=aoi_crs,
             )
         except FactSegError as exc:
+            if target.local is not None and not target.endpoint:
+                release(target.local)  # a local worker started to learn the model's resolution
             raise QgsProcessingException(str(exc)) from exc
         return True
 

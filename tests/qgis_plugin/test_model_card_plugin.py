@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import REPO_ROOT, VENV_PYTHON
 from osgeo import gdal, ogr, osr
-from plugin_support import UTM_GT, scene, start_worker, write_geotiff
+from plugin_support import GEO_GT, UTM_GT, scene, start_worker, write_geotiff
 from qgis.core import QgsProcessingFeedback, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication
 from worker_support import TINY_CONFIG
@@ -46,16 +46,17 @@ class LogFeedback(QgsProcessingFeedback):
         return "\n".join(self.lines)
 
 
-def _labels(path, boxes) -> str:
-    """A GeoPackage of rectangles given in pixel boxes (row0, col0, row1, col1) of UTM_GT, with a class name."""
+def _labels(path, boxes, gt=UTM_GT, epsg=32633) -> str:
+    """A GeoPackage of rectangles given in pixel boxes (row0, col0, row1, col1) of ``gt``, with a class name."""
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
     srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
+    srs.ImportFromEPSG(epsg)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("cls", ogr.OFTString))
     for (r0, c0, r1, c1), name in boxes:
-        x0, x1 = UTM_GT[0] + c0 * UTM_GT[1], UTM_GT[0] + c1 * UTM_GT[1]
-        y0, y1 = UTM_GT[3] + r1 * UTM_GT[5], UTM_GT[3] + r0 * UTM_GT[5]
+        x0, x1 = gt[0] + c0 * gt[1], gt[0] + c1 * gt[1]
+        y0, y1 = gt[3] + r1 * gt[5], gt[3] + r0 * gt[5]
         feature = ogr.Feature(layer.GetLayerDefn())
         feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"))
         feature.SetField("cls", name)
@@ -119,6 +120,21 @@ def test_export_records_its_ground_resolution(export):
     assert manifest["bands"] == {"red": 1, "green": 2, "blue": 3}
     train = manifest["class_pixels"]["train"]
     assert set(train) == {"background", "ship", "vehicle"} and train["vehicle"] > 0
+
+
+def test_export_of_a_geographic_layer_measures_ground_metres(provider, tmp_path):
+    import processing
+
+    raster = write_geotiff(tmp_path / "geo.tif", scene(HEIGHT, WIDTH, seed=4), GEO_GT, 4326)
+    labels = _labels(tmp_path / "labels.gpkg", [((10, 10, 60, 80), "vehicle")], GEO_GT, 4326)
+    for resolution, units in ((50.0, 1), (0.0, 0)):  # 50 cm/px; the native 5e-6° pixels
+        out = tmp_path / f"data{units}"
+        processing.run("factseg:export_training_data", {
+            "INPUT": str(raster), "LABELS": labels, "CLASS_FIELD": "cls", "OUTPUT": str(out), "PATCH": 64,
+            "RESOLUTION": resolution, "RESOLUTION_UNITS": units, "VAL_FRACTION": 0.0}, feedback=QgsProcessingFeedback())
+        gsd = json.loads((out / "export.json").read_text())["gsd_m"]
+        # 5e-6° at 45° N: 0.556 m north-south, 0.394 m east-west (the mean of the two sides)
+        assert gsd == pytest.approx(0.5 if units else 0.475, rel=1e-2)
 
 
 def test_finetuned_model_is_served_with_its_card(export, worker):
