@@ -25,6 +25,7 @@ from torch import nn
 from .classes import ClassInfo, classes_from_dicts, classes_to_dicts
 from .config import MEAN, ONNX_METADATA_KEY, PATCH_SIZE, STD, STRIDE
 from .engine import WindowRunner
+from .model_card import ModelCardError, card_from_checkpoint, derived_card
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _LOG = logging.getLogger(__name__)
@@ -95,11 +96,15 @@ class TorchRunner:
         config = getattr(model, "config", None)
         self.classes: tuple[ClassInfo, ...] | None = getattr(model, "classes", None)
         self.num_classes = int(config.num_classes) if config is not None else self._probe_classes()
+        card = getattr(model, "model_card", None)
+        if card is None and self.classes is not None:
+            card = derived_card(self.classes)
+        self.model_card: dict[str, Any] | None = card
         self.model_info: dict[str, Any] = {
             "model": type(model).__name__,
             "backbone": getattr(config, "backbone", None),
-            "patch": PATCH_SIZE,
-            "stride": STRIDE,
+            "patch": int(card["patch"]) if card else PATCH_SIZE,
+            "stride": int(card["stride"]) if card else STRIDE,
         }
 
     def _probe_classes(self) -> int:
@@ -224,6 +229,16 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return {}
 
 
+def onnx_card(metadata: dict[str, Any], classes: tuple[ClassInfo, ...], path: Path) -> dict[str, Any]:
+    """The card an export carries in its metadata, or one derived from the export's classes and windows."""
+    if metadata.get("model_card") is None:
+        return derived_card(classes, int(metadata.get("patch", PATCH_SIZE)), int(metadata.get("stride", STRIDE)))
+    try:
+        return card_from_checkpoint(metadata, classes, str(path))
+    except ModelCardError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class OnnxRunner:
     """An exported FactSeg (CP fusion included) run by onnxruntime.
 
@@ -256,6 +271,7 @@ class OnnxRunner:
             raise ValueError(f"{path} has no '{ONNX_METADATA_KEY}' metadata: export it with training/export_onnx.py")
         self._check_normalisation(path)
         self.classes = classes_from_dicts(self.metadata["classes"])
+        self.model_card = onnx_card(self.metadata, self.classes, path)
         self.precision = "int8" if self.metadata.get("quantization") else "fp32"
         self.num_classes = len(self.classes)
         options = ort.SessionOptions()

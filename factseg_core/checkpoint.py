@@ -22,6 +22,7 @@ from factseg_contract.class_table import ClassTableError, check_class_table
 
 from .classes import ISAID_CLASSES, ClassInfo, classes_from_dicts, classes_to_dicts
 from .model import FactSeg, FactSegConfig
+from .model_card import CARD_KEY, ModelCardError, card_from_checkpoint, derived_card
 
 FORMAT_NAME = "factseg-qgis"
 FORMAT_VERSION = 1
@@ -163,6 +164,11 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -
     except ValueError as exc:  # e.g. an unknown backbone name
         raise CheckpointError(f"{source}: 'config' describes no buildable model: {exc}") from None
     _load_strict(model, state, source)
+    try:  # the card travels on the model (save_checkpoint writes it back); derived when the file has none
+        model.model_card = card_from_checkpoint(ckpt, classes, source) if ckpt.get("format") == FORMAT_NAME \
+            else derived_card(classes)
+    except ModelCardError as exc:
+        raise CheckpointError(str(exc)) from None
     return model
 
 
@@ -251,6 +257,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
 def checkpoint_dict(model: FactSeg, **extra: Any) -> dict[str, Any]:
     """The dict our checkpoints hold: weights, config and class table, plus any training state."""
     classes = model.classes or _generic_classes(model.config.num_classes)
+    card = getattr(model, "model_card", None)
+    if card is not None:  # the model's class table wins over a card's copy of it
+        extra = {CARD_KEY: {**card, "classes": classes_to_dicts(classes)}, **extra}
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,

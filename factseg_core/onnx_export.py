@@ -2,8 +2,9 @@
 
 The graph maps a normalised N×3×H×W float32 input (H, W multiples of 32) to CP-fused probabilities
 N×C×H×W, exactly what :class:`factseg_core.backends.OnnxRunner` feeds and expects. A JSON metadata entry
-(key :data:`~factseg_core.config.ONNX_METADATA_KEY`) carries the class table, mean/std, patch, stride and
-backbone, so the worker can serve the file without the checkpoint; the same values are also written as
+(key :data:`~factseg_core.config.ONNX_METADATA_KEY`) carries the class table, mean/std, patch, stride,
+backbone and the model card (also on its own as key ``model_card``, JSON), so the worker can serve the file
+without the checkpoint; the same values are also written as
 plain keys (``class_names``, ``mean``…) for tools such as Netron.
 
 Uses the TorchScript exporter (``dynamo=False``): the dynamo exporter needs onnxscript, not installed here.
@@ -22,6 +23,7 @@ import torch
 from .classes import classes_to_dicts
 from .config import MEAN, ONNX_METADATA_KEY, PATCH_SIZE, STD, STRIDE
 from .model import FactSeg
+from .model_card import CARD_KEY, check_card, derived_card
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
@@ -50,9 +52,11 @@ class _Probabilities(torch.nn.Module):
 
 
 def export_metadata(model: FactSeg, patch: int = PATCH_SIZE, stride: int = STRIDE) -> dict[str, Any]:
-    """The metadata dict embedded in exported files."""
+    """The metadata dict embedded in exported files, the model card (:mod:`.model_card`) included."""
     if model.classes is None:
         raise ValueError("the model has no class table; cannot describe its classes in the ONNX metadata")
+    card = getattr(model, "model_card", None) or derived_card(model.classes)
+    card = check_card({**card, "classes": classes_to_dicts(model.classes), "patch": int(patch), "stride": int(stride)})
     return {
         "format": "factseg-qgis-onnx",
         "version": 1,
@@ -66,6 +70,7 @@ def export_metadata(model: FactSeg, patch: int = PATCH_SIZE, stride: int = STRID
         "output": "CP-fused class probabilities N×C×H×W float32",
         "patch": int(patch),
         "stride": int(stride),
+        CARD_KEY: card,
     }
 
 
@@ -115,6 +120,7 @@ def export_onnx(
             "patch": str(patch),
             "stride": str(stride),
             "backbone": str(metadata["backbone"]),
+            CARD_KEY: json.dumps(metadata[CARD_KEY]),
         }
         del proto.metadata_props[:]
         for key, value in plain.items():

@@ -51,10 +51,11 @@ from .dialog_widgets import extent_text, spin, wrap
 from .errors import FactSegError
 from .grid import ground_metres_per_unit, native_resolution
 from .raster_reading import ARGB_TYPES, default_bands
+from .resolution_hint import ModelResolution
 from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
 from .styling import display_color, display_name, object_classes
 from .task import SegmentRun
-from .worker_check import CheckWorkerTask, WorkerCheck
+from .worker_check import CheckWorkerTask, WorkerCheck, hardware_text
 from .worker_import import contract
 from .worker_python_panel import WorkerPythonPanel
 
@@ -82,6 +83,7 @@ class SegmentDialog(QDialog):
         self._build()
         self._load_settings()
         self._layer_changed(self.layer_combo.currentLayer())
+        self.model_resolution.watch_local(self.local_radio, self.python_widget, self.model_widget)
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class SegmentDialog(QDialog):
         row.addWidget(self.units_combo)
         row.addWidget(self.native_button)
         form.addRow("Resolution", wrap(row))
+        self.model_resolution = ModelResolution(self.resolution_spin, self.units_combo, self.layer_combo, row, form,
+                                                lambda: self._native_value)
         self.band_combos = [QgsRasterBandComboBox() for _ in range(3)]
         row = QHBoxLayout()
         for label, combo in zip(("R", "G", "B"), self.band_combos):
@@ -383,6 +387,7 @@ class SegmentDialog(QDialog):
             self.classes_label.setText(html.escape(f"No FactSeg worker answers at {check.endpoint!r}: {check.message}"))
             return
         info = check.info
+        self.model_resolution.set_info(info)  # its model card's gsd_m: shown, and the default resolution
         swatches = " ".join(
             f'<span style="background-color: {display_color(c["id"]).name()}">&nbsp;&nbsp;&nbsp;</span>&nbsp;'
             f'{html.escape(display_name(c["name"])).replace(" ", "&nbsp;")}' for c in object_classes(check.classes))
@@ -390,7 +395,7 @@ class SegmentDialog(QDialog):
                 if check.authenticated else "unauthenticated loopback/ipc link")
         self.classes_label.setText(
             f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
-            f"{html.escape(str(check.device or '?'))}, {link}. On the map (background transparent): {swatches}")
+            f"{html.escape(hardware_text(info))}, {link}. On the map (background transparent): {swatches}")
         self._fit_legend()
 
     def _fit_legend(self) -> None:
@@ -447,8 +452,8 @@ class SegmentDialog(QDialog):
         extent = self.current_extent()
         if extent is not None:
             params["EXTENT"] = extent_text(*extent)
-        value = self.resolution_spin.value()
-        resolution = 0.0 if self._native_value is not None and value == self._native_value else value
+        resolution, params["RESOLUTION_UNITS"] = self.model_resolution.parameter(self._native_value,
+                                                                                 params["RESOLUTION_UNITS"])
         if resolution <= 0 and native_resolution(layer) is None:
             raise FactSegError(f"Layer {layer.name()!r} has no native pixel size: set the resolution.")
         params["RESOLUTION"] = resolution

@@ -125,6 +125,20 @@ def ground_metres_per_unit(
     return dx / span, dy / span
 
 
+def ground_sample_distance(
+    crs: QgsCoordinateReferenceSystem, extent: QgsRectangle, res_x: float, res_y: float,
+    context: QgsCoordinateTransformContext,
+) -> float:
+    """Ground metres per pixel of a ``res_x`` × ``res_y`` (map units) pixel at the centre of ``extent``.
+
+    The mean of the two sides (they differ only for odd grids); the inverse of ``cm_per_px`` resolutions, so a
+    model card's ``gsd_m`` asked back as a resolution gives the same grid.
+    """
+    span = max(extent.width(), extent.height()) * 0.01 or 1e-3
+    mx, my = ground_metres_per_unit(crs, extent.center(), span, context)
+    return 0.5 * (res_x * mx + res_y * my)
+
+
 def resolution_in_map_units(
     value: float, units: str, crs: QgsCoordinateReferenceSystem, extent: QgsRectangle,
     context: QgsCoordinateTransformContext,

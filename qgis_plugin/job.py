@@ -28,6 +28,7 @@ from .aoi import PolygonMask, union_of
 from .errors import FactSegError, JobCancelled
 from .grid import OutputGrid, plan_grid
 from .local_workers import LocalWorkerSpec, local_endpoint, release
+from .model_resolution import run_note
 from .output_paths import check_outputs
 from .raster_reading import RasterReader, parse_bands
 from .worker_import import (
@@ -223,7 +224,13 @@ def _run(request: JobRequest, progress: Progress, is_cancelled: IsCancelled, log
     try:
         with request.target.client(endpoint, CHUNK_TIMEOUT_S) as client:
             # the handshake fails fast (not after the long chunk timeout) when nothing listens there
+            def note_resolution(info: dict) -> None:  # the model sees pixels far from its own ground resolution
+                note = run_note(info, grid)
+                if note:
+                    log(note)
+
             done = run_segmentation(client, run, progress=progress, is_cancelled=is_cancelled, log=log,
+                                    on_info=note_resolution,
                                     open_timeout_s=request.target.probe_timeout_s, open_retries=0)
     except CancelledBeforeCommit as exc:
         raise JobCancelled("Segmentation cancelled before its outputs were saved; no output was written.") from exc

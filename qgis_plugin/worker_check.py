@@ -55,6 +55,27 @@ def explain_link_error(exc: Exception, endpoint: str, keys: CurveKeys | None, ti
     return f"The worker at {endpoint} cannot be used: {text.rstrip('.')}."
 
 
+def settled_batch(info: dict) -> int | None:
+    """Windows per forward pass the worker uses now: its batch size, capped by the runner's (CPU: 1; lowered
+    after an out-of-memory back-off)."""
+    batch, cap = info.get("batch_size"), info.get("max_batch")
+    if not isinstance(batch, int) or isinstance(batch, bool):
+        return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+    return min(batch, cap) if isinstance(cap, int) and not isinstance(cap, bool) else batch
+
+
+def hardware_text(info: dict) -> str:
+    """What runs the model, in words: 'NVIDIA H200, 139.8 GiB (cuda), fp16, batch 8'; '?' parts when unknown."""
+    device = str(info.get("device") or "?")
+    name = info.get("device_name")
+    memory = info.get("device_memory_bytes")
+    where = f"{name} ({device})" if name else device
+    if isinstance(memory, int | float) and memory > 0:
+        where = f"{name or device}, {memory / 1024**3:.1f} GiB ({device})"
+    batch = settled_batch(info)
+    return f"{where}, {info.get('precision') or 'fp32'}, batch {batch if batch is not None else '?'}"
+
+
 @dataclass
 class WorkerCheck:
     """What *Check worker* found. ``classes``: ``[{"id", "name", "color"}, …]`` as the worker's ``info`` gives."""
@@ -90,7 +111,7 @@ def check_worker(endpoint: str, keys: CurveKeys | None = None, timeout_s: float 
     result.authenticated = keys is not None
     link = (f"CURVE-authenticated, trusting server key {result.server_key}" if keys is not None
             else "not encrypted (loopback)" if is_loopback(endpoint) else "not encrypted")
-    result.message = (f"Worker at {endpoint}: {len(result.classes)} classes on {result.device or '?'} "
+    result.message = (f"Worker at {endpoint}: {len(result.classes)} classes on {hardware_text(info)} "
                       f"({result.backend or '?'}), {result.latency_s * 1000:.0f} ms round trip; link {link}.")
     return result
 

@@ -171,8 +171,9 @@ eval: {patch: 64, stride: 64, batch_size: 1}
 """
 
 
-def make_export(folder: Path, tiles: int = 4) -> Path:
-    """A small export with three user classes painted as rectangles (what factseg:export_training_data writes)."""
+def make_export(folder: Path, tiles: int = 4, gsd_m: float | None = None) -> Path:
+    """A small export with three user classes painted as rectangles (what factseg:export_training_data writes);
+    ``gsd_m``: the ground resolution its export.json records (the model card's)."""
     table, _ = build_class_table(["tank", "vehicle", "vessel"])
     rng = np.random.default_rng(0)
     with TrainingDataWriter(folder, table) as writer:
@@ -186,5 +187,5 @@ def make_export(folder: Path, tiles: int = 4) -> Path:
                 rgb[y:y + 12, x:x + 12] = 60 * class_id
             labels[:2] = 255
             writer.write(Tile(split, f"t{i}", 0, 0, 64, 64), rgb, labels)
-        writer.commit({"tiles": []})
+        writer.commit({"tiles": []} if gsd_m is None else {"tiles": [], "gsd_m": gsd_m})
     return folder

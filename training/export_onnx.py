@@ -4,8 +4,8 @@
         [--patch 896 --stride 512] [--no-verify]
 
 CKPT is anything ``factseg_core.load_model`` reads (our checkpoints, the released factseg50.pth). The file
-holds CP fusion, dynamic batch/height/width and the class table, mean/std, patch, stride and backbone as
-metadata; it is checked with ``onnx.checker`` and (unless ``--no-verify``) compared with torch on random
+holds CP fusion, dynamic batch/height/width and the class table, mean/std, patch, stride, backbone and the
+model card (key ``model_card``, JSON) as metadata; it is checked with ``onnx.checker`` and (unless ``--no-verify``) compared with torch on random
 inputs of other shapes than the traced one: the export fails if probabilities differ by more than 1e-4.
 """
 from __future__ import annotations
@@ -26,17 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="checkpoint to export (ours or the released factseg50.pth)")
     parser.add_argument("--output", required=True, help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, ≥ 17 (default {DEFAULT_OPSET})")
-    parser.add_argument("--patch", type=int, default=PATCH_SIZE, help="window size recorded in the metadata")
-    parser.add_argument("--stride", type=int, default=STRIDE, help="window stride recorded in the metadata")
+    parser.add_argument("--patch", type=int, help="window size recorded in the metadata (default: the model "
+                        f"card's, else {PATCH_SIZE})")
+    parser.add_argument("--stride", type=int, help=f"window stride recorded in the metadata (default: the model "
+                        f"card's, else {STRIDE})")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch comparison")
     args = parser.parse_args(argv)
-    if not 0 < args.stride <= args.patch:
-        parser.error(f"need 0 < stride ≤ patch, got patch={args.patch} stride={args.stride}")
     try:
         model = load_model(args.model, "cpu")
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    card = getattr(model, "model_card", None) or {}
+    args.patch = args.patch or int(card.get("patch", PATCH_SIZE))
+    args.stride = args.stride or int(card.get("stride", STRIDE))
+    if not 0 < args.stride <= args.patch:
+        parser.error(f"need 0 < stride ≤ patch, got patch={args.patch} stride={args.stride}")
     try:
         meta = export_onnx(model, args.output, opset=args.opset, patch=args.patch, stride=args.stride)
     except ValueError as exc:

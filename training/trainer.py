@@ -32,6 +32,7 @@ from factseg_core import FactSeg, joint_loss, save_checkpoint
 from factseg_core.checkpoint import read_checkpoint
 from factseg_core.transfer import SourceWeights, TransferReport
 
+from .card import training_card, with_metrics
 from .class_table import read_class_table
 from .errors import TrainingCancelled, TrainingError
 from .isaid import PatchDataset, cache_folder, prepare
@@ -92,6 +93,8 @@ class Trainer:
             self.log.line(f"model: {model_config} (from {'--init-from and ' if source else ''}the class table)")
         self.config = dataclasses.replace(config, model=model_config)
         self.model: FactSeg = build_model(model_config, self.classes)
+        # every checkpoint of the run carries the model card (checkpoint_dict writes model.model_card)
+        self.model.model_card = training_card(self.data_root, self.classes, config.eval.patch, config.eval.stride)
         self.iteration = 0
         self.run_seconds, self.run_iterations = 0.0, 0
         self.transfer: TransferReport | None = None
@@ -321,6 +324,10 @@ class Trainer:
         self.events.emit("evaluation", split=split, miou=metrics.get("miou"), fg_miou=metrics.get("fg_miou"))
         self.log.line(f"evaluation on {split}:\n{format_table(metrics)}")
         self.log.scalars(self.total, **{f"{split}/miou": metrics["miou"] or 0.0, f"{split}/fg_miou": metrics["fg_miou"] or 0.0})
+        self.model.model_card = with_metrics(self.model.model_card, metrics, split)
+        final = self.work_dir / "final.pt"
+        if final.is_file():  # the final model's card gets the metrics of this evaluation
+            save_checkpoint(self.model, final, iteration=self.iteration, train_config=self.config.to_dict())
         return metrics
 
 

@@ -21,6 +21,7 @@ from factseg_core.windows import Window, plan_chunks, plan_size, windows_touchin
 
 from .client.protocol import PlannedChunk, plan_rows
 from .contract import BATCH_SIZE, PATCH_SIZE, STRIDE
+from .hardware import device_hardware
 
 __all__ = ["Engine", "chunk_plan", "chunk_plan_rows"]
 
@@ -63,10 +64,12 @@ class Engine:
             "patch": int(meta.get("patch") or PATCH_SIZE),
             "stride": int(meta.get("stride") or STRIDE),
             "device": str(self.runner.device),
+            **device_hardware(str(self.runner.device)),
             "backend": str(getattr(self.runner, "name", self.backend)),
             "batch_size": self.batch_size,
             "amp": self.amp,
             "precision": str(getattr(self.runner, "precision", "fp32")),
+            "model_card": getattr(self.runner, "model_card", None),
             **self.live(),
         }
 

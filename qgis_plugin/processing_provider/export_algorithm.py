@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -36,7 +37,7 @@ from qgis.core import (
 
 from ..aoi import PolygonMask, union_of
 from ..errors import FactSegError
-from ..grid import OutputGrid, plan_grid
+from ..grid import OutputGrid, ground_sample_distance, plan_grid
 from ..raster_reading import RasterReader, parse_bands
 from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
 from ..worker_import import contract, training_export
@@ -108,6 +109,18 @@ def _transform_to(source_crs, target_crs, context, what: str) -> QgsCoordinateTr
 
 def _wkt(crs: QgsCoordinateReferenceSystem) -> str:
     return crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL) if crs.isValid() else ""
+
+
+def _band_roles(reader: RasterReader) -> dict[str, int | str]:
+    """The layer band behind each input role (export.json), or the provider's own colours (WMS/XYZ)."""
+    if reader.argb:
+        return {"red": "rendered", "green": "rendered", "blue": "rendered"}
+    return dict(zip(("red", "green", "blue"), reader.bands))
+
+
+def _class_pixels(pixels: dict, table: list[dict]) -> dict[str, dict[str, int]]:
+    """Labelled pixels of each class per split, by class name (export.json: the trainer's class shares)."""
+    return {split: {row["name"]: int(counts[int(row["id"])]) for row in table} for split, counts in pixels.items()}
 
 
 def _tile_stem(name: str) -> str:
@@ -234,7 +247,9 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
             raise FactSegError(str(exc)) from exc
         return {"grid": grid, "reader": reader, "tiles": tiles, "writer": writer, "table": labels.table,
                 "rasterizer": LabelRasterizer(polygons, grid.geotransform, _wkt(grid.crs)), "source": layer.source(),
-                "patch": patch, "stride": stride}
+                "patch": patch, "stride": stride, "bands": _band_roles(reader),
+                "gsd_m": ground_sample_distance(grid.crs, grid.extent, grid.res_x, grid.res_y,
+                                                context.transformContext())}
 
     def _labelled_extent(self, parameters, context, layer, labels: _Labels) -> tuple[QgsRectangle, QgsGeometry | None]:
         """The extent to export (raster CRS) and the AOI geometry, if polygons define the labelled area."""
@@ -270,8 +285,9 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
         grid: OutputGrid = job["grid"]
         tiles, writer, reader, rasterizer = job["tiles"], job["writer"], job["reader"], job["rasterizer"]
         feedback.pushInfo(f"Exporting {len(tiles)} patch(es) of {job['patch']} px from a {grid.width} × "
-                          f"{grid.height} px grid into {writer.output} …")
+                          f"{grid.height} px grid at {job['gsd_m']:.4g} m/px into {writer.output} …")
         written = []
+        pixels = {split: np.zeros(256, np.int64) for split in ("train", "val")}  # labelled pixels per class id
         with writer:
             for done, tile in enumerate(tiles):
                 if feedback.isCanceled():
@@ -281,6 +297,7 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
                 labels[~valid] = IGNORE_ID
                 if (labels != IGNORE_ID).any():
                     writer.write(tile, rgb, labels)
+                    pixels[tile.split] += np.bincount(labels[labels != IGNORE_ID].ravel(), minlength=256)
                     extent = grid.sub_extent(tile.y0, tile.x0, tile.y1, tile.x1)
                     written.append({"split": tile.split, "name": tile.name,
                                     "window": [tile.y0, tile.x0, tile.y1, tile.x1],
@@ -290,6 +307,7 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
             writer.commit({
                 "source": job["source"], "crs": grid.crs.authid(), "geotransform": list(grid.geotransform),
                 "width": grid.width, "height": grid.height, "patch": job["patch"], "stride": job["stride"],
+                "gsd_m": job["gsd_m"], "bands": job["bands"], "class_pixels": _class_pixels(pixels, job["table"]),
                 "tiles": written})
         feedback.pushInfo(f"Wrote {writer.counts['train']} training and {writer.counts['val']} validation "
                           f"patch(es) and classes.json ({len(job['table']) - 1} class(es)).")

@@ -29,6 +29,8 @@ from qgis.core import (
 
 from ..errors import FactSegError
 from ..job import JobRequest, JobResult, format_statistics, prepare_job, run_job, summary
+from ..local_workers import release
+from ..model_resolution import model_resolution
 from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
 from ..worker_import import contract
 from .base import FactSegAlgorithm
@@ -78,7 +80,8 @@ class SegmentAlgorithm(FactSegAlgorithm):
             "SERVER_KEY / CLIENT_KEY: for a remote (CURVE) worker, its public key (server.key or the 40 z85 "
             "characters) and this client's .key_secret file; or AUTHCFG, a QGIS authentication configuration "
             "holding both.\n"
-            "RESOLUTION: pixel size of the output; 0 keeps the layer's native grid exactly.\n"
+            "RESOLUTION: pixel size of the output; 0: the model's ground resolution (its model card's gsd_m; the "
+            "layer is read resampled), or the layer's native grid exactly for a model that does not know it.\n"
             "EXTENT: area to segment (default: the whole layer); it is clipped to the layer.\n"
             "MASK: polygons outside which pixels are left out (nodata); their bounding box is the extent when "
             "EXTENT is empty.\n"
@@ -98,7 +101,7 @@ class SegmentAlgorithm(FactSegAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.MASK, "Area of interest: segment only inside these polygons", [QgsProcessing.SourceType.TypeVectorPolygon],
             optional=True))
-        self.addParameter(number(self.RESOLUTION, "Resolution (0 = the layer's native resolution)",
+        self.addParameter(number(self.RESOLUTION, "Resolution (0 = the model's, else the layer's native resolution)",
                                  number.Type.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.RESOLUTION_UNITS, "Resolution units", list(UNIT_LABELS), defaultValue=0))
@@ -149,15 +152,20 @@ class SegmentAlgorithm(FactSegAlgorithm):
                 raise QgsProcessingException("The area-of-interest layer (MASK) cannot be opened.")
             aoi, aoi_crs = [f.geometry() for f in source.getFeatures()], source.sourceCrs()
         integer = lambda key: self.parameterAsInt(parameters, key, context)  # noqa: E731
+        target = self.worker_target(parameters, context, self.parameterAsInt(parameters, self.BATCH_SIZE, context))
+        resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+        units = RESOLUTION_UNITS[self.parameterAsEnum(parameters, self.RESOLUTION_UNITS, context)]
         try:
+            if resolution <= 0:
+                resolution, units = model_resolution(target, layer, context.transformContext(), feedback.pushInfo)
             self._request = prepare_job(
                 layer,
                 self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
-                self.worker_target(parameters, context, self.parameterAsInt(parameters, self.BATCH_SIZE, context)),
+                target,
                 extent=extent,
                 extent_crs=extent_crs,
-                resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
-                resolution_units=RESOLUTION_UNITS[self.parameterAsEnum(parameters, self.RESOLUTION_UNITS, context)],
+                resolution=resolution,
+                resolution_units=units,
                 bands=self.parameterAsString(parameters, self.BANDS, context) or None,
                 scaling=SCALING_MODES[self.parameterAsEnum(parameters, self.SCALING, context)],
                 patch=integer(self.PATCH), stride=integer(self.STRIDE), chunk_size=integer(self.CHUNK_SIZE),
@@ -170,6 +178,8 @@ class SegmentAlgorithm(FactSegAlgorithm):
                 aoi_crs=aoi_crs,
             )
         except FactSegError as exc:
+            if target.local is not None and not target.endpoint:
+                release(target.local)  # a local worker started to learn the model's resolution
             raise QgsProcessingException(str(exc)) from exc
         return True
 

@@ -92,6 +92,7 @@ def run_segmentation(
     is_cancelled: IsCancelled | None = None,
     log: Log | None = None,
     before_commit: Callable[[], None] | None = None,
+    on_info: Callable[[dict], None] | None = None,
     open_timeout_s: float | None = None,
     open_retries: int | None = None,
 ) -> SegmentationResult:
@@ -100,7 +101,8 @@ def run_segmentation(
     ``open_timeout_s``/``open_retries`` bound the handshake (fail fast when nothing listens). Raises
     OptionsRefused, BadClassTable, SegmentationCancelled (CancelledBeforeCommit after the chunks), the client's
     WorkerError, OSError or GDAL's RuntimeError; whatever is raised, no output is left under a final or partial
-    name. ``before_commit`` runs just before the outputs are published (the CLI holds its signals there).
+    name. ``before_commit`` runs just before the outputs are published (the CLI holds its signals there);
+    ``on_info`` gets the worker's ``open`` reply before any chunk (the plugin compares resolutions there).
     """
     progress = progress or (lambda fraction: None)
     is_cancelled = is_cancelled or (lambda: False)
@@ -113,6 +115,8 @@ def run_segmentation(
         info = opened.info
         log(f"Model {info.get('model', '?')} ({info.get('backbone', '?')}, {len(classes)} classes) "
             f"on {info.get('device', '?')}.")
+        if on_info is not None:
+            on_info(info)
         if run.prepare is not None:
             run.prepare()
         writer, stats = _stream(client, run, opened, classes, outputs, progress, is_cancelled)

@@ -393,4 +393,4 @@ def _idle(seconds: float | None) -> dict[str, float]:
 
 
 def _public(description: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in description.items() if k != "classes"}
+    return {k: v for k, v in description.items() if k not in ("classes", "model_card")}
