@@ -252,6 +252,10 @@ def _run(request: JobRequest, progress: Progress, is_cancelled: IsCancelled, log
 
 def _unavailable(target: WorkerTarget, endpoint: str, exc: Exception) -> str:
     """One sentence for a worker that does not answer: with CURVE keys, most often a key that does not match."""
+    from .worker_import import WorkerLost
+
+    if isinstance(exc, WorkerLost):  # it answered, then went silent mid-job (exited, hangs, unreachable)
+        return f"The FactSeg {str(exc)[4:]}; no output was written."
     if target.server_key is not None:
         return (f"The FactSeg worker at {endpoint} does not answer over CURVE ({exc}): check that SERVER_KEY is "
                 "that worker's public key and that the worker allows this client's key (CLIENT_KEY).")

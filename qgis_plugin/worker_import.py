@@ -39,6 +39,7 @@ training_client = _worker_module("client.training_client")
 WorkerClient = client.WorkerClient
 LocalWorker = client.LocalWorker
 start_local_worker = client.start_local_worker
+WorkerLost = client.WorkerLost
 WorkerError = protocol.WorkerError
 RemoteError = protocol.RemoteError
 WorkerUnavailable = protocol.WorkerUnavailable

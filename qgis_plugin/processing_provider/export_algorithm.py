@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCsException,
@@ -20,6 +21,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingFeatureSource,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -48,6 +50,7 @@ ExportError = training_export.ExportError
 LabelRasterizer = training_export.LabelRasterizer
 TrainingDataWriter = training_export.TrainingDataWriter
 build_class_table = training_export.build_class_table
+valid_label = training_export.valid_label
 plan_tiles = training_export.plan_tiles
 
 UNIT_LABELS = ("Map units of the layer's CRS", "Centimetres per pixel (ground sampling distance)")
@@ -65,11 +68,14 @@ class _Labels:
             raise FactSegError(f"The LABELS layer has no field {field!r}.")
         transform = _transform_to(source.sourceCrs(), crs, context, "LABELS")
         rows: list[tuple[QgsGeometry, object]] = []
-        for feature in source.getFeatures(QgsFeatureRequest()):
+        self.repaired = self.unusable = 0  # invalid polygons made valid, and those with no area left
+        for feature in unchecked_features(source):
             geometry = feature.geometry()
             if geometry is None or geometry.isEmpty():
                 continue
-            geometry = QgsGeometry(geometry)
+            geometry = self._valid(QgsGeometry(geometry))  # in the CRS it was drawn in
+            if geometry is None:
+                continue
             if transform is not None:
                 try:
                     geometry.transform(transform)
@@ -85,6 +91,19 @@ class _Labels:
         self.skipped = sum(1 for _, value in rows if value not in lookup)
         self.polygons = [(geometry, lookup[value]) for geometry, value in rows if value in lookup]
 
+    def _valid(self, geometry: QgsGeometry) -> QgsGeometry | None:
+        """The polygon, repaired when invalid (counted), or None (counted) when repairing leaves no area."""
+        wkb, repaired = valid_label(bytes(geometry.asWkb()))
+        if wkb is None:
+            self.unusable += 1
+            return None
+        if not repaired:
+            return geometry
+        self.repaired += 1
+        fixed = QgsGeometry()
+        fixed.fromWkb(wkb)
+        return fixed
+
     def bounds(self) -> QgsRectangle:
         box = QgsRectangle()
         box.setMinimal()
@@ -95,6 +114,15 @@ class _Labels:
     def inside(self, extent: QgsRectangle) -> list[tuple[bytes, int]]:
         """WKB and class id of every polygon that reaches into ``extent``."""
         return [(bytes(g.asWkb()), class_id) for g, class_id in self.polygons if g.boundingBox().intersects(extent)]
+
+
+def unchecked_features(source):
+    """All features of a Processing source, without the context's invalid-geometry check (which by default stops
+    the algorithm at the first invalid polygon): the export repairs or leaves out such polygons itself."""
+    flags = getattr(Qgis, "ProcessingFeatureSourceFlag", None)  # QGIS ≥ 3.36 (and 4); before: on the class
+    skip = (flags.SkipGeometryValidityChecks if flags is not None
+            else QgsProcessingFeatureSource.FlagSkipGeometryValidityChecks)
+    return source.getFeatures(QgsFeatureRequest(), skip)
 
 
 def _transform_to(source_crs, target_crs, context, what: str) -> QgsCoordinateTransform | None:
@@ -221,6 +249,9 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
         labels = _Labels(source, field, layer.crs(), context)
         if labels.skipped:
             feedback.pushWarning(f"{labels.skipped} polygon(s) have no value in {field!r} and are left out.")
+        if labels.repaired or labels.unusable:
+            feedback.pushWarning(f"Invalid label polygons: {labels.repaired} repaired (split where their outline "
+                                 f"crosses or touches itself), {labels.unusable} left out (no area).")
         if not labels.bounds().intersects(layer.extent()):
             raise FactSegError(
                 f"The labels do not overlap the raster (labels in {source.sourceCrs().authid() or 'no CRS'}, raster "
@@ -259,7 +290,9 @@ class ExportTrainingDataAlgorithm(FactSegAlgorithm):
             if aoi is None:
                 raise FactSegError("The AOI layer cannot be opened.")
             _transform_to(aoi.sourceCrs(), layer.crs(), context, "AOI")
-            area = union_of([f.geometry() for f in aoi.getFeatures()], aoi.sourceCrs(), layer.crs(),
+            shapes = [g if g.isGeosValid() else g.makeValid() for g in (f.geometry() for f in unchecked_features(aoi))
+                      if g is not None and not g.isEmpty()]
+            area = union_of(shapes, aoi.sourceCrs(), layer.crs(),
                             context.transformContext())
         if parameters.get(self.EXTENT) not in (None, ""):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())

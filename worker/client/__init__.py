@@ -2,5 +2,6 @@
 from .client import WorkerClient
 from .local import LocalWorker, default_local_endpoint, start_local_worker
 from .protocol import PlannedChunk
+from .pulse import WorkerLost
 
-__all__ = ["LocalWorker", "PlannedChunk", "WorkerClient", "default_local_endpoint", "start_local_worker"]
+__all__ = ["LocalWorker", "PlannedChunk", "WorkerClient", "WorkerLost", "default_local_endpoint", "start_local_worker"]

@@ -39,6 +39,7 @@ from .protocol import (
     parse_endpoint,
     parse_plan,
 )
+from .pulse import DEAD_AFTER_S
 from .run import JobPlan, Reader, Run, Writer
 
 log = logging.getLogger("factseg.client")
@@ -71,19 +72,23 @@ class WorkerClient:
         client_keys: tuple[bytes, bytes] | None = None,
         *,
         max_in_flight: int | None = None,
+        dead_after_s: float = DEAD_AFTER_S,
     ) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise ValueError("WorkerClient needs at least one endpoint")
         for endpoint in self.endpoints:
             parse_endpoint(endpoint)  # EndpointError (a ValueError) with one sentence
-        if timeout_s <= 0 or retries < 0:
-            raise ValueError(f"timeout_s must be > 0 and retries ≥ 0, got {timeout_s}, {retries}")
+        if timeout_s <= 0 or retries < 0 or dead_after_s <= 0:
+            raise ValueError(f"timeout_s and dead_after_s must be > 0 and retries ≥ 0, got {timeout_s}, "
+                             f"{dead_after_s}, {retries}")
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.max_in_flight = max_in_flight or 2 * len(self.endpoints)
         #: Workers drop this client's chunks when it sends nothing for this long (it died or hung).
         self.lease_s = min(3600.0, max(1.0, self.timeout_s))
+        #: A job fails when its workers answer no ping for this long (they exited, hang or cannot be reached).
+        self.dead_after_s = float(dead_after_s)
         self.connector = Connector(server_public_key, client_keys, DEFAULT_LIMITS)
         # Fixed across reconnects (the worker sets ROUTER_HANDOVER): replies of chunks sent before a reconnect
         # still reach us. Routing ids must not start with a zero byte.

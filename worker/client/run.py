@@ -2,8 +2,10 @@
 
 When a chunk has not been heard of (reply, progress or heartbeat) for ``timeout_s``, the socket is closed and
 reopened with the same routing id and every unfinished chunk is sent again, up to ``retries`` times in a row
-before giving up with :class:`WorkerUnavailable`. While chunks are out, the run renews its lease on every
-worker (a ``ping`` naming the request) so that a worker drops the work of a client that has vanished.
+before giving up with :class:`WorkerUnavailable`. Meanwhile its :class:`~.pulse.Pulse` pings every worker on a
+connection of its own: the pings renew the request's lease (a worker drops the work of a client that has
+vanished), and a job whose workers all stop answering them fails within the heartbeat budget (``dead_after_s``)
+with :class:`~.pulse.WorkerLost`, however long a chunk computes on a live worker.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import zmq
 from ..contract import NODATA_CLASS
 from .link import Link
 from .protocol import (
-    PingRequest,
     PlannedChunk,
     ProtocolError,
     RemoteError,
@@ -27,6 +28,7 @@ from .protocol import (
     SegmentRequest,
     WorkerUnavailable,
 )
+from .pulse import Pulse
 
 if TYPE_CHECKING:
     from .client import WorkerClient
@@ -82,8 +84,8 @@ class Run:
         self.total_area = job.image_size[0] * job.image_size[1]
         self.stats: collections.Counter = collections.Counter()
         self.link: Link | None = None
+        self.pulse: Pulse | None = None
         self.reported = 0.0
-        self.next_keepalive = 0.0
 
     @property
     def sock(self) -> zmq.Socket:
@@ -91,12 +93,18 @@ class Run:
         return self.link.sock
 
     def close(self) -> None:
+        if self.pulse is not None:
+            self.pulse.close()
+            self.pulse = None
+        self._close_link()
+
+    def _close_link(self) -> None:
         if self.link is not None:
             self.link.close()
             self.link = None
 
     def _reconnect(self) -> None:
-        self.close()
+        self._close_link()
         self.link = self.client.connector.open(self.client.endpoints, self.client.identity)
         # let every worker finish its handshake first, so round robin spreads the first chunks over all of them
         self.link.wait_ready(min(1.0, self.client.timeout_s))
@@ -108,6 +116,9 @@ class Run:
             flight.sent, flight.last_heard, flight.not_before = False, now, 0.0
 
     def execute(self) -> dict[str, Any]:
+        client = self.client
+        self.pulse = Pulse(client.connector, client.endpoints, self.request, client.dead_after_s,
+                           min(client.dead_after_s, client.lease_s) / 10)
         self._reconnect()
         if self.progress:
             self.progress(0.0)
@@ -117,7 +128,7 @@ class Run:
                 raise SegmentationCancelled(f"segmentation cancelled after {len(self.done)} of {len(self.chunks)} chunks")
             self._fill()
             self._send_pending()
-            self._keepalive()
+            self._check_pulse()
             if self._receive():
                 failures = 0
             if self._stale():
@@ -165,18 +176,13 @@ class Run:
         self.stats["resent"] += len(self.flights)
         self._reconnect()
 
-    def _keepalive(self) -> None:
-        """Renew this request's lease on every worker (round robin: one ping per endpoint reaches each)."""
-        now = time.monotonic()
-        if not self.flights or now < self.next_keepalive:
-            return
-        self.next_keepalive = now + self.client.timeout_s / 4
-        frames = PingRequest(id=f"{self.request}:keepalive", request=self.request).frames()
-        for _ in self.client.endpoints:
-            try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.Again:
-                return
+    def _check_pulse(self) -> None:
+        """Ping the workers (renewing the lease) and fail the job when none has answered for the budget."""
+        assert self.pulse is not None
+        self.pulse.beat()
+        lost = self.pulse.lost(len(self.done), len(self.chunks))
+        if lost is not None:
+            raise lost
 
     def _fill(self) -> None:
         job = self.job

@@ -149,6 +149,26 @@ def plan_tiles(height: int, width: int, patch: int, stride: int, val_fraction: f
     return tiles
 
 
+def valid_label(wkb: bytes) -> tuple[bytes | None, bool]:
+    """A label polygon as it will be burnt: ``(wkb, False)`` unchanged when it is valid (OGC/GEOS), else
+    ``(repaired, True)`` with GEOS's MakeValid (polygonal parts only), or ``(None, True)`` when no area is left.
+
+    Analysts' edits make bow-ties and self-touching rings; repairing them here, and counting them, lets an export
+    go on where Processing's invalid-geometry check would stop it at the first one.
+    """
+    from osgeo import ogr
+
+    from .vectorize import is_valid, made_valid
+
+    geometry = ogr.CreateGeometryFromWkb(bytes(wkb))
+    if geometry is None or geometry.IsEmpty():
+        return None, True
+    if is_valid(geometry):
+        return bytes(wkb), False
+    fixed = made_valid(geometry)
+    return (bytes(fixed.ExportToIsoWkb()) if fixed is not None else None), True
+
+
 class LabelRasterizer:
     """Burns labelled polygons (WKB in the grid's CRS, with class ids) into tiles of a north-up grid (GDAL).
 

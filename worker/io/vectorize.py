@@ -3,8 +3,9 @@
 Areas are reported in square metres whatever the raster's CRS: projected CRSs use their linear unit; for
 geographic CRSs the statistics use the area of each pixel row on the authalic sphere (exact for a lat/lon grid
 cell) and polygons are measured on the EASE-Grid 2.0 equal-area projection (EPSG:6933), so analysts never see
-"square degrees". Polygons also carry the mean confidence of their pixels when the run wrote a confidence
-raster, and the GeoPackage has a spatial index (R-tree), so QGIS draws and selects fast at any scale.
+"square degrees". Polygons are valid (OGC/GEOS), so they go on as training labels unchanged; they carry the
+mean confidence of their pixels when the run wrote a confidence raster, and the GeoPackage has a spatial index
+(R-tree), so QGIS draws and selects fast at any scale.
 """
 from __future__ import annotations
 
@@ -131,8 +132,11 @@ def polygonize_classes(
     confidence_path: str | os.PathLike | None = None,
     outputs: OutputSet | None = None,
 ) -> int:
-    """One polygon per connected region of each non-background class (8-connected), written to a GeoPackage
+    """One feature per connected region (8-connected) of each non-background class, written to a GeoPackage
     layer with a spatial index. Returns the feature count.
+
+    Geometries are valid MultiPolygons (OGC/GEOS: QGIS Processing accepts them under any invalid-geometry
+    setting); a region whose pixels meet only at corners is one feature of several parts touching there.
 
     Attributes: ``class_id``, ``class_name``, ``area_m2`` (square metres: the CRS's linear unit squared when
     projected, measured on the EASE-Grid 2.0 equal-area projection, EPSG:6933, when geographic; map units² when
@@ -168,43 +172,118 @@ def _object_mask(band: gdal.Band, width: int, height: int) -> gdal.Dataset:
 
 def _write_polygons(raster_path: str | os.PathLike, tmp: Path, classes: Sequence[dict], layer_name: str,
                     confidence_path: str | os.PathLike | None) -> int:
+    """Polygonize into a scratch GeoPackage, then copy each object, made valid, with its attributes to ``tmp``."""
     names = {int(c["id"]): str(c["name"]) for c in classes}
     ds = gdal.Open(str(raster_path))
     band = ds.GetRasterBand(1)
     srs = _spatial_ref(ds)
     conf_ds = _open_confidence(confidence_path, ds)
     mask_ds = _object_mask(band, ds.RasterXSize, ds.RasterYSize)
-    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+    with tempfile.TemporaryDirectory(prefix="factseg-polygons-") as folder:
+        scratch = ogr.GetDriverByName("GPKG").CreateDataSource(str(Path(folder) / "scratch.gpkg"))
+        out = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+        try:
+            shapes = scratch.CreateLayer("shapes", srs=srs, geom_type=ogr.wkbPolygon, options=["SPATIAL_INDEX=NO"])
+            shapes.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
+            shapes.StartTransaction()
+            gdal.Polygonize(band, mask_ds.GetRasterBand(1), shapes, 0, ["8CONNECTED=8"])
+            shapes.CommitTransaction()
+            means = _mean_confidence_per_feature(scratch, "shapes", ds, conf_ds) if conf_ds is not None else None
+            layer = _objects_layer(out, layer_name, srs)
+            return _copy_objects(shapes, layer, names, means, _area_transform(srs))
+        finally:
+            out = scratch = None  # closes the GeoPackages (writes the spatial index) before renames or removal
+
+
+def _objects_layer(out: ogr.DataSource, layer_name: str, srs: osr.SpatialReference | None) -> ogr.Layer:
+    """The output layer: MultiPolygon, because an 8-connected object whose pixels touch only at a corner is
+    valid only as several polygons (one ring through that corner would touch itself)."""
+    layer = out.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbMultiPolygon, options=["SPATIAL_INDEX=YES"])
+    layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
+    layer.CreateField(ogr.FieldDefn("class_name", ogr.OFTString))
+    layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
+    layer.CreateField(ogr.FieldDefn("mean_confidence", ogr.OFTReal))
+    return layer
+
+
+def _copy_objects(shapes: ogr.Layer, layer: ogr.Layer, names: dict[int, str], means: np.ndarray | None,
+                  area: tuple[osr.CoordinateTransformation | None, float]) -> int:
+    """One feature per object, its geometry valid (OGC/GEOS), with class, area and mean confidence."""
+    transform, factor = area
+    layer.StartTransaction()
+    count = 0
+    shapes.ResetReading()
+    for shape in shapes:
+        geom = valid_multipolygon(shape.GetGeometryRef())
+        if geom is None:
+            continue
+        class_id = shape.GetFieldAsInteger("class_id")
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(geom)
+        feature.SetField("class_id", class_id)
+        feature.SetField("class_name", names.get(class_id, f"class_{class_id}"))
+        measured = geom.Clone()
+        if transform is not None:
+            measured.Transform(transform)
+        feature.SetField("area_m2", measured.GetArea() * factor)
+        fid = shape.GetFID()
+        if means is not None and 0 <= fid < len(means) and np.isfinite(means[fid]):
+            feature.SetField("mean_confidence", float(means[fid]))
+        else:
+            feature.SetFieldNull("mean_confidence")
+        layer.CreateFeature(feature)
+        count += 1
+    layer.CommitTransaction()
+    return count
+
+
+def valid_multipolygon(geom: ogr.Geometry | None) -> ogr.Geometry | None:
+    """``geom`` as a valid MultiPolygon (GEOS's MakeValid where it is not valid), or None when no area is left.
+
+    Polygonize traces an 8-connected object's outline as one ring; where two of its pixels meet only at a corner
+    that ring passes the corner twice, which OGC and GEOS call a self-intersection (QGIS Processing then refuses
+    the polygon). MakeValid splits such a ring at the corner without moving a vertex, so the area is unchanged.
+    """
+    if geom is None or geom.IsEmpty():
+        return None
+    if not is_valid(geom):
+        return made_valid(geom)
+    parts = ogr.Geometry(ogr.wkbMultiPolygon)
+    _add_polygons(geom, parts)
+    return parts if not parts.IsEmpty() else None
+
+
+def is_valid(geom: ogr.Geometry) -> bool:
+    """OGC validity (GEOS), without GEOS's warning for every invalid ring."""
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
-        layer = out.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbPolygon, options=["SPATIAL_INDEX=YES"])
-        layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
-        layer.CreateField(ogr.FieldDefn("class_name", ogr.OFTString))
-        layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
-        layer.CreateField(ogr.FieldDefn("mean_confidence", ogr.OFTReal))
-        layer.StartTransaction()
-        gdal.Polygonize(band, mask_ds.GetRasterBand(1), layer, 0, ["8CONNECTED=8"])
-        means = _mean_confidence_per_feature(out, layer_name, ds, conf_ds) if conf_ds is not None else None
-        transform, factor = _area_transform(srs)
-        layer.ResetReading()
-        count = 0
-        for feature in layer:
-            geom = feature.GetGeometryRef().Clone()
-            if transform is not None:
-                geom.Transform(transform)
-            class_id = feature.GetFieldAsInteger("class_id")
-            feature.SetField("class_name", names.get(class_id, f"class_{class_id}"))
-            feature.SetField("area_m2", geom.GetArea() * factor)
-            fid = feature.GetFID()
-            if means is not None and 0 <= fid < len(means) and np.isfinite(means[fid]):
-                feature.SetField("mean_confidence", float(means[fid]))
-            else:
-                feature.SetFieldNull("mean_confidence")
-            layer.SetFeature(feature)
-            count += 1
-        layer.CommitTransaction()
-        return count
+        return bool(geom.IsValid())
     finally:
-        out = None  # closes the GeoPackage (writes the spatial index) before it is renamed or removed
+        gdal.PopErrorHandler()
+
+
+def made_valid(geom: ogr.Geometry) -> ogr.Geometry | None:
+    """The polygonal part of GEOS's MakeValid of ``geom`` as a linear 2-D MultiPolygon; None when no area is left
+    (a polygon that collapses to lines or points)."""
+    geom = geom.GetLinearGeometry() if geom.HasCurveGeometry() else geom.Clone()
+    geom.FlattenTo2D()
+    fixed = geom.MakeValid()
+    if fixed is None:
+        return None
+    parts = ogr.Geometry(ogr.wkbMultiPolygon)
+    _add_polygons(fixed, parts)
+    return parts if not parts.IsEmpty() and is_valid(parts) else None
+
+
+def _add_polygons(geom: ogr.Geometry, parts: ogr.Geometry) -> None:
+    """The polygons of ``geom`` (a polygon, multipolygon or collection; lines and points left out) into ``parts``."""
+    kind = ogr.GT_Flatten(geom.GetGeometryType())
+    if kind == ogr.wkbPolygon:
+        if geom.GetArea() > 0:
+            parts.AddGeometry(geom)
+    elif kind in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
+        for i in range(geom.GetGeometryCount()):
+            _add_polygons(geom.GetGeometryRef(i), parts)
 
 
 def _mean_confidence_per_feature(out: ogr.DataSource, layer_name: str, ds: gdal.Dataset,
