@@ -109,8 +109,15 @@ class WorkerPythonPanel(QWidget):
             self.setFilePath(task.python)
 
     def _start(self, task: QgsTask) -> QgsTask:
-        self._tasks = [t for t in self._tasks if t.status() not in (QgsTask.TaskStatus.Complete,
-                                                                    QgsTask.TaskStatus.Terminated)]
+        self._tasks = [t for t in self._tasks if _running(t)]
         self._tasks.append(task)
         QgsApplication.taskManager().addTask(task)
         return task
+
+
+def _running(task: QgsTask) -> bool:
+    """Whether a task is still queued or running (the task manager deletes finished ones)."""
+    try:
+        return task.status() not in (QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated)
+    except RuntimeError:  # already deleted by the task manager
+        return False
