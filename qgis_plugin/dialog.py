@@ -483,6 +483,7 @@ class SegmentDialog(QDialog):
                 raise FactSegError(run.prepare_error)
         except FactSegError as exc:
             self.error_label.setText(str(exc))
+            self._fit_legend()
             return
         self.run = run
         self.error_label.clear()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
-from qgis.PyQt.QtWidgets import QLabel, QSpinBox, QWidget
+from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QSpinBox, QWidget
 
 from .errors import FactSegError
 
@@ -71,5 +71,13 @@ def fit_wrapped_labels(root: QWidget) -> None:
         if label.wordWrap() and label.isVisibleTo(root):
             width = label.width() if label.width() > 50 else label.sizeHint().width()
             label.setMinimumHeight(max(0, label.heightForWidth(width)))
+            holder = label.parentWidget()  # a composite row (e.g. the worker Python's): at least its content
+            if holder is not None and holder is not root and holder.layout() is not None and \
+                    not isinstance(holder, QGroupBox):
+                holder.layout().invalidate()
+                holder.setMinimumHeight(holder.layout().totalMinimumSize().height())
     if root.layout() is not None:
         root.layout().activate()
+        need = root.layout().minimumSize()  # now with the labels' heights: grow a window that is too short for it
+        if root.isWindow() and root.height() < need.height():
+            root.resize(max(root.width(), need.width()), need.height())

@@ -12,7 +12,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QMessageBox, QPushButton
 
 from .first_run import hide_guide_for_good
-from .results_report import is_georeferenced, table_html, table_lines
+from .results_report import BACKGROUND_ID, is_georeferenced, present, table_html, table_lines
 from .settings import SETTINGS_GROUP
 
 LOG_TAG = "FactSeg"
@@ -33,6 +33,19 @@ def _statistics(results: dict) -> list[dict]:
         return []
 
 
+def bar_text(summary: str, statistics: list[dict]) -> str:
+    """Short enough to read whole in the message bar: the run and the share of each object class found (areas
+    and background in Details)."""
+    found = [s for s in present(statistics) if int(s["id"]) != BACKGROUND_ID]
+    shares = ", ".join(f"{str(s['name']).replace('_', ' ')} {_percent(s['share'])}" for s in found[:6])
+    more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+    return f"{summary.split('. ', 1)[0]}. Found: {shares or 'no objects'}{more}."
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f} %" if share >= 0.001 else "< 0.1 %"
+
+
 def show_summary(message_bar: QgsMessageBar | None, text: str, results: dict, layer) -> QgsMessageBarItem | None:
     """Log the per-class table and push the summary with a *Details* button; returns the message bar item."""
     hide_guide_for_good()  # the first-run guide has done its job
@@ -42,7 +55,7 @@ def show_summary(message_bar: QgsMessageBar | None, text: str, results: dict, la
         QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info)
     if message_bar is None:
         return None
-    item = QgsMessageBar.createMessage(TITLE, text)
+    item = QgsMessageBar.createMessage(TITLE, bar_text(text, statistics))
     button = QPushButton("Details…")
     button.setObjectName("factsegSummaryDetails")
     button.setToolTip("The area and share of each class found")

@@ -90,7 +90,8 @@ def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgi
     assert by_value[first].label() == labels[first]
     assert by_value[first].symbol().color().getRgb()[:3] == DISPLAY_PALETTE[first - 1]
     summary = task.summary_item  # stays in the message bar, with a Details button
-    assert summary in qgis_iface.messageBar().items() and "%" in summary.text() and "m²" in summary.text()
+    assert summary in qgis_iface.messageBar().items() and "Found: " in summary.text() and "%" in summary.text()
+    assert "m²" in summary.details_html  # the areas, in the Details table
     ids, _ = read_classes(tmp_path / "classes.tif")
     assert ids.shape == (160, 200)
     assert plugin.runs == []
