@@ -37,8 +37,8 @@ def bar_text(summary: str, statistics: list[dict]) -> str:
     """Short enough to read whole in the message bar: the run and the share of each object class found (areas
     and background in Details)."""
     found = [s for s in present(statistics) if int(s["id"]) != BACKGROUND_ID]
-    shares = ", ".join(f"{str(s['name']).replace('_', ' ')} {_percent(s['share'])}" for s in found[:6])
-    more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+    shares = ", ".join(f"{str(s['name']).replace('_', ' ')} {_percent(s['share'])}" for s in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
     return f"{summary.split('. ', 1)[0]}. Found: {shares or 'no objects'}{more}."
 
 

@@ -144,9 +144,10 @@ def dialog_run(plugin, imagery) -> None:
     RESULTS["check_answered"] = wait(lambda: dialog.last_check is not None, 30)
     RESULTS["check_message"] = dialog.last_check.message if dialog.last_check else None
     RESULTS["check_label"] = dialog.classes_label.text()
+    dialog.error_label.clear()  # the refusal of the Python without torch, answered since: not in the screenshot
+    dialog._fit_legend()  # noqa: SLF001 (what a resize does)
     dialog.adjustSize()
     wait(lambda: False, 0.5)
-    dialog.error_label.clear()  # the refusal of the Python without torch, answered since: not in the screenshot
     RESULTS["legend_label"] = label_fits(dialog.classes_label)
     RESULTS["legend_bottom"] = dialog.classes_label.geometry().bottom()
     RESULTS["windows_top"] = dialog.patch_spin.parentWidget().geometry().top()

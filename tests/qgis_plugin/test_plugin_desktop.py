@@ -169,7 +169,7 @@ def test_summary_stays_visible_after_the_run(desktop_run):
     results, _ = desktop_run
     bar = results["message_bar"]
     assert bar["is_summary"] and bar["visible"], bar
-    assert bar["text"].startswith(results["summary"].split(". ")[0] + ". Found: ") and len(bar["text"]) < 160, bar
+    assert bar["text"].startswith(results["summary"].split(". ")[0] + ". Found: ") and len(bar["text"]) < 180, bar
     assert results["dialog_layer_names"] == ["imagery — FactSeg classes", "imagery — FactSeg objects"] or \
         results["dialog_layer_names"][0].endswith("— FactSeg classes")
     assert all(name.endswith(("— FactSeg classes", "— FactSeg objects")) for name in results["processing_layer_names"])
