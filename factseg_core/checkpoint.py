@@ -122,6 +122,15 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, in a few words: never torch's advice to load it with weights_only=False,
+    which would run code from the file; torch's own first line says little for a damaged file."""
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text:
+        return "it holds Python objects, not only weights, and is not loaded for safety"
+    return "not a PyTorch weights file, or a damaged one"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file safely (weights only) and turn every failure into a CheckpointError."""
     path = Path(path)
@@ -132,10 +141,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read model file {path}: it is corrupt, truncated or not a PyTorch weights file ({first_line})"
-        ) from None
+        raise CheckpointError(f"{path} is not a FactSeg model file ({_load_failure(exc)})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"model file {path} holds a {type(obj).__name__}, not a checkpoint dict")
     return dict(obj)

@@ -9,6 +9,7 @@ explained in the dialog, which stays open. The dialog is modeless so that a rect
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 from qgis.core import (
     QgsApplication,
@@ -47,11 +48,14 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .curve import resolve_keys
-from .dialog_widgets import extent_text, spin, wrap
+from .dialog_widgets import chosen_extent, extent_text, fit_wrapped_labels, note_label, spin, wrap
 from .errors import FactSegError
+from .first_run import FirstRunGuide
 from .grid import ground_metres_per_unit, native_resolution
+from .mistakes import endpoint_problem, model_path_problem
 from .raster_reading import ARGB_TYPES, default_bands
 from .resolution_hint import ModelResolution
+from .results_report import layer_notes
 from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
 from .styling import display_color, display_name, object_classes
 from .task import SegmentRun
@@ -89,6 +93,9 @@ class SegmentDialog(QDialog):
 
     def _build(self) -> None:
         layout = QVBoxLayout(self)
+        self.guide = FirstRunGuide()
+        self.guide.use_model.connect(self.use_local_model)
+        layout.addWidget(self.guide)
         layout.addWidget(self._build_input())
         layout.addWidget(self._build_worker())
         layout.addWidget(self._build_output())
@@ -149,6 +156,8 @@ class SegmentDialog(QDialog):
             row.addWidget(QLabel(label))
             row.addWidget(combo, 1)
         form.addRow("Bands", wrap(row))
+        self.layer_note = note_label()  # no georeferencing, one band: said in one line each
+        form.addRow(self.layer_note)
         self.scaling_combo = QComboBox()
         self.scaling_combo.addItems(SCALING_LABELS)
         form.addRow("Scaling to 0–255", self.scaling_combo)
@@ -291,6 +300,9 @@ class SegmentDialog(QDialog):
         self.scaling_combo.setEnabled(not argb)
         self._reset_resolution()
         self._show_extent()
+        notes = layer_notes(raster) if raster is not None else []
+        self.layer_note.setText(" ".join(notes))
+        self.layer_note.setVisible(bool(notes))
 
     def _extent_source_changed(self, *_args) -> None:
         source = EXTENT_SOURCES[self.extent_combo.currentIndex()]
@@ -304,8 +316,8 @@ class SegmentDialog(QDialog):
         for widget in (self.endpoint_edit, self.check_button, self.server_key_edit, self.client_key_widget,
                        self.authcfg_edit):
             widget.setEnabled(not local)
-        for widget in (self.python_widget, self.model_widget, self.device_combo):
-            widget.setEnabled(local)
+        for widget in (self.python_panel.python_widget, self.model_widget, self.device_combo):
+            widget.setEnabled(local)  # Set up worker… stays enabled: a newcomer starts in "connect" mode
 
     def _reset_resolution(self) -> None:
         """Show the layer's native pixel size in the chosen unit (ground cm/px measured at the layer's centre)."""
@@ -367,6 +379,8 @@ class SegmentDialog(QDialog):
         endpoint = self.endpoint_edit.text().strip()
         s = self.current_settings()
         try:
+            if endpoint_problem(endpoint):
+                raise FactSegError(endpoint_problem(endpoint))
             keys = resolve_keys(s.server_key, s.client_key, s.authcfg)
         except FactSegError as exc:
             self.classes_label.setText(html.escape(str(exc)))
@@ -399,11 +413,9 @@ class SegmentDialog(QDialog):
         self._fit_legend()
 
     def _fit_legend(self) -> None:
-        """Give the wrapped class legend the height its text needs at the label's width (never clipped)."""
-        label = self.classes_label
-        width = label.width() if label.width() > 50 else label.sizeHint().width()
-        label.setMinimumHeight(label.heightForWidth(width))
-        self.layout().activate()
+        """Give every wrapped label (class legend, guide, worker Python status) the height its text needs at its
+        width, so that none is clipped or overlaps the next row."""
+        fit_wrapped_labels(self)
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         super().resizeEvent(event)
@@ -413,23 +425,8 @@ class SegmentDialog(QDialog):
 
     def current_extent(self) -> tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None:
         """The chosen extent and its CRS; None for the whole layer."""
-        source = EXTENT_SOURCES[self.extent_combo.currentIndex()]
-        if source == "layer":
-            return None
-        if source == "canvas":
-            if self.canvas is None:
-                raise FactSegError("There is no map canvas to take the extent from.")
-            return QgsRectangle(self.canvas.extent()), self.canvas.mapSettings().destinationCrs()
-        if source == "selection":
-            polygons = self.polygon_combo.currentLayer()
-            if polygons is None:
-                raise FactSegError("Choose a polygon layer whose selected features give the extent.")
-            if polygons.selectedFeatureCount() == 0:
-                raise FactSegError(f"No features are selected in {polygons.name()!r}: select the areas to segment.")
-            return polygons.boundingBoxOfSelected(), polygons.crs()
-        if self._drawn is None:
-            raise FactSegError("Draw a rectangle on the map first (Draw on map…).")
-        return self._drawn
+        return chosen_extent(EXTENT_SOURCES[self.extent_combo.currentIndex()], self.canvas,
+                             self.polygon_combo.currentLayer(), self._drawn)
 
     def build_parameters(self) -> dict:
         """The dialog's choices as ``factseg:segment`` parameters (raises FactSegError in plain words)."""
@@ -443,11 +440,11 @@ class SegmentDialog(QDialog):
         if s.start_local:
             params.update(MODEL=s.model_path, WORKER_PYTHON=s.worker_python, DEVICE=DEVICES.index(s.device),
                           BATCH_SIZE=s.batch_size)
-            if not s.model_path:
-                raise FactSegError("No model file is set: choose a FactSeg checkpoint (.pt/.pth) or ONNX model.")
+            if model_path_problem(s.model_path):
+                raise FactSegError(model_path_problem(s.model_path))
         else:
-            if not s.endpoint:
-                raise FactSegError(f"Give the worker endpoint (e.g. {contract.DEFAULT_ENDPOINT}) or start a local worker.")
+            if endpoint_problem(s.endpoint):
+                raise FactSegError(endpoint_problem(s.endpoint))
             params.update(WORKER=s.endpoint, SERVER_KEY=s.server_key, CLIENT_KEY=s.client_key, AUTHCFG=s.authcfg)
         extent = self.current_extent()
         if extent is not None:
@@ -475,18 +472,28 @@ class SegmentDialog(QDialog):
         """The prepared job of the run the dialog holds (None before Segment was pressed successfully)."""
         return self.run.request if self.run is not None else None
 
+    def use_local_model(self, path: str) -> None:
+        """Start a local worker with ``path`` (the guide's demo model)."""
+        self.local_radio.setChecked(True)
+        self.model_widget.setFilePath(path)
+
     def accept(self) -> None:
         """Prepare the run (errors stay in the dialog); the plugin starts it once the dialog closes."""
         try:
-            run = SegmentRun(self.build_parameters(), self.iface.messageBar() if self.iface else None,
+            parameters = self.build_parameters()
+            if self.local_radio.isChecked():
+                self.python_panel.require_usable()  # checked in the background since the dialog opened
+            run = SegmentRun(parameters, self.iface.messageBar() if self.iface else None,
                              layer_name=self.layer_combo.currentLayer().name())
             if run.prepare_error is not None:
                 raise FactSegError(run.prepare_error)
         except FactSegError as exc:
             self.error_label.setText(str(exc))
+            self._fit_legend()
             return
         self.run = run
         self.error_label.clear()
         self.settings = self.current_settings()
-        self.settings.save()
+        remembered = PluginSettings.load().model_path  # a model becomes the default once a run with it succeeded
+        replace(self.settings, model_path=remembered).save()
         super().accept()

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
-from qgis.PyQt.QtWidgets import QSpinBox, QWidget
+from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QSpinBox, QWidget
+
+from .errors import FactSegError
+
+Extent = tuple[QgsRectangle, QgsCoordinateReferenceSystem]
 
 
 def extent_text(rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> str:
@@ -26,3 +30,54 @@ def wrap(layout) -> QWidget:
     layout.setContentsMargins(0, 0, 0, 0)
     widget.setLayout(layout)
     return widget
+
+
+def chosen_extent(source: str, canvas, polygons, drawn: Extent | None) -> Extent | None:
+    """The extent of an extent source ('layer', 'canvas', 'selection', 'drawn') and its CRS; None: the layer."""
+    if source == "layer":
+        return None
+    if source == "canvas":
+        if canvas is None:
+            raise FactSegError("There is no map canvas to take the extent from.")
+        return QgsRectangle(canvas.extent()), canvas.mapSettings().destinationCrs()
+    if source == "selection":
+        if polygons is None:
+            raise FactSegError("Choose a polygon layer whose selected features give the extent.")
+        if polygons.selectedFeatureCount() == 0:
+            raise FactSegError(f"No features are selected in {polygons.name()!r}: select the areas to segment.")
+        return polygons.boundingBoxOfSelected(), polygons.crs()
+    if drawn is None:
+        raise FactSegError("Draw a rectangle on the map first (Draw on map…).")
+    return drawn
+
+
+def note_label() -> QLabel:
+    """A wrapped, hidden-until-needed line of advice (e.g. 'no georeferencing: areas are in pixels')."""
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #8a5a00")
+    label.setVisible(False)
+    return label
+
+
+def fit_wrapped_labels(root: QWidget) -> None:
+    """Give each visible word-wrapped label under ``root`` the height its text needs at its width.
+
+    A top-level layout sizes the window from minimum sizes, which ignore height-for-width: a label that wraps to
+    more lines than when the window was laid out is clipped, or overlaps the next row. The width is the label's
+    own once laid out, else its size hint; a label without text has no height for width (-1), hence max(0, …).
+    """
+    for label in root.findChildren(QLabel):
+        if label.wordWrap() and label.isVisibleTo(root):
+            width = label.width() if label.width() > 50 else label.sizeHint().width()
+            label.setMinimumHeight(max(0, label.heightForWidth(width)))
+            holder = label.parentWidget()  # a composite row (e.g. the worker Python's): at least its content
+            if holder is not None and holder is not root and holder.layout() is not None and \
+                    not isinstance(holder, QGroupBox):
+                holder.layout().invalidate()
+                holder.setMinimumHeight(holder.layout().totalMinimumSize().height())
+    if root.layout() is not None:
+        root.layout().activate()
+        need = root.layout().minimumSize()  # now with the labels' heights: grow a window that is too short for it
+        if root.isWindow() and root.height() < need.height():
+            root.resize(max(root.width(), need.width()), need.height())

@@ -261,26 +261,3 @@ def _unavailable(target: WorkerTarget, endpoint: str, exc: Exception) -> str:
                 "that worker's public key and that the worker allows this client's key (CLIENT_KEY).")
     return (f"The FactSeg worker at {endpoint} does not answer ({exc}). Start one with "
             f"'python -m worker --bind {endpoint} --model MODEL', or choose to start a local worker.")
-
-
-def summary(result: JobResult) -> str:
-    """The message-bar text of a finished job: size, time, objects and the classes present."""
-    stats = format_statistics(result.statistics) if result.statistics else ""
-    polygons = f", {result.feature_count} objects" if result.vector_path else ""
-    return f"{result.grid.width} × {result.grid.height} px in {result.seconds:.1f} s{polygons}. {stats}".strip()
-
-
-def format_statistics(statistics: list[dict], min_share: float = 0.0) -> str:
-    """One line per class present: 'ship: 1.2 % (3 456 m²)'; background last; for the message bar and log."""
-    rows = [s for s in statistics if s["pixels"] > 0 and s["share"] >= min_share]
-    rows.sort(key=lambda s: (s["id"] == 0, -s["pixels"]))
-    return "; ".join(f"{s['name'].replace('_', ' ')}: {100 * s['share']:.2f} % ({_area(s['area_m2'])})"
-                     for s in rows) or "no valid pixels"
-
-
-def _area(square_metres: float) -> str:
-    if square_metres >= 1e6:
-        return f"{square_metres / 1e6:.3f} km²"
-    if square_metres >= 1e4:
-        return f"{square_metres / 1e4:.2f} ha"
-    return f"{square_metres:.1f} m²"

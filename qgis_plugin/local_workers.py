@@ -11,9 +11,9 @@ from __future__ import annotations
 import atexit
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import FactSegError
+from .mistakes import model_path_problem, worker_start_problem
 from .settings import plugin_root
 from .worker_import import LocalWorker, WorkerError, start_local_worker
 
@@ -59,10 +59,9 @@ def release(spec: LocalWorkerSpec) -> None:
 
 def local_endpoint(spec: LocalWorkerSpec) -> str:
     """Endpoint of a running local worker for ``spec``, starting one if needed (may take a while)."""
-    if not spec.model:
-        raise FactSegError("No model file is set: choose a FactSeg checkpoint (.pt/.pth) or ONNX model.")
-    if not Path(spec.model).is_file():
-        raise FactSegError(f"The model file {spec.model} does not exist.")
+    problem = model_path_problem(spec.model)
+    if problem:
+        raise FactSegError(problem)
     if not spec.python:
         raise FactSegError("No worker Python is set: choose a Python interpreter that has torch installed.")
     with _lock:
@@ -75,8 +74,7 @@ def local_endpoint(spec: LocalWorkerSpec) -> str:
                 spec.python, spec.model, device=spec.device, backend=backend,
                 batch_size=spec.batch_size or None, pythonpath=str(plugin_root()), ready_timeout_s=READY_TIMEOUT_S)
         except (WorkerError, OSError, ValueError) as exc:
-            raise FactSegError(
-                f"Could not start a local FactSeg worker with {spec.python} and model {spec.model}: {exc}") from exc
+            raise FactSegError(worker_start_problem(spec.python, spec.model, str(exc))) from exc
         _workers[spec] = started
         return started.endpoint
 

@@ -7,8 +7,8 @@ palette (:data:`DISPLAY_PALETTE`, this project's own) is fully saturated, light 
 wheel, and it gives the most frequent small objects (small and large vehicles, ships, storage tanks, planes) the
 hues rarest in aerial imagery — hot pink, orange, magenta, cyan, orchid — so that they stand out from asphalt,
 vegetation, water, roofs and from each other. Class 0 (FactSeg's background channel) and nodata are left out of
-the renderer, so they are transparent and the legend lists only the object classes, by name. Polygons use the
-same colours, by class id.
+the renderer, so they are transparent and the legend lists only the object classes, by name (after a run, only
+those it found). Polygons use the same colours, by class id, as a light fill with a darker outline.
 """
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ DISPLAY_PALETTE = (  # by class id 1, 2, …; the iSAID class each colour lands 
     (255, 128, 255),  # 14 plane: orchid
     (200, 160, 255),  # 15 harbor: lilac
 )
-POLYGON_FILL_ALPHA = 110  # of 255: the object stays visible under its outline
+POLYGON_FILL_ALPHA = 60  # of 255: a light tint, so polygons read apart from the opaque class raster
+POLYGON_OUTLINE_DARKER = 170  # QColor.darker factor: the outline stays visible over the raster's own colour
+POLYGON_OUTLINE_MM = 0.6
 
 
 def display_name(name: str) -> str:
@@ -79,7 +81,8 @@ def style_class_layer(layer: QgsRasterLayer, classes: Sequence[dict]) -> None:
 
 
 def polygon_renderer(classes: Sequence[dict], field: str = "class_id") -> QgsCategorizedSymbolRenderer:
-    """Categorized by class id: a translucent fill and an opaque outline in the class's display colour."""
+    """Categorized by class id: a light translucent fill and a darker outline of the class's display colour, so an
+    object reads as an outlined shape even over the class raster drawn in the same colour."""
     categories = []
     for c in object_classes(classes):
         colour = display_color(c["id"])
@@ -87,7 +90,8 @@ def polygon_renderer(classes: Sequence[dict], field: str = "class_id") -> QgsCat
         fill.setAlpha(POLYGON_FILL_ALPHA)
         symbol = QgsFillSymbol.createSimple({
             "color": ",".join(str(v) for v in fill.getRgb()),
-            "outline_color": ",".join(str(v) for v in colour.getRgb()), "outline_width": "0.5"})
+            "outline_color": ",".join(str(v) for v in colour.darker(POLYGON_OUTLINE_DARKER).getRgb()),
+            "outline_width": str(POLYGON_OUTLINE_MM)})
         categories.append(QgsRendererCategory(int(c["id"]), symbol, display_name(c["name"])))
     return QgsCategorizedSymbolRenderer(field, categories)
 

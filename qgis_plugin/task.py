@@ -22,6 +22,7 @@ from qgis.core import (
 )
 
 from .errors import FactSegError
+from .run_summary import remember_model, show_summary
 
 LOG_TAG = "FactSeg"
 ALGORITHM_ID = "factseg:segment"
@@ -47,6 +48,10 @@ class RunFeedback(QgsProcessingFeedback):
     def pushInfo(self, info):  # noqa: N802
         log(str(info))
         super().pushInfo(info)
+
+    def pushWarning(self, warning):  # noqa: N802
+        log(str(warning), Qgis.MessageLevel.Warning)
+        super().pushWarning(warning)
 
 
 class SegmentRun:
@@ -75,6 +80,7 @@ class SegmentRun:
         self.error: str | None = None
         self.cancelled = False
         self.added_layers: list = []
+        self.summary_item = None  # the message bar item with the run's summary and its Details button
         self.task = QgsProcessingAlgRunnerTask(self.algorithm, self.parameters, self.context, self.feedback)
         self.task.setDescription(f"FactSeg: segment {self.layer_name}")
         self.prepare_error = ("; ".join(self.feedback.errors) or "The request was refused.") \
@@ -131,7 +137,8 @@ class SegmentRun:
                 self._load_outputs()
                 text = str(self.results.get("SUMMARY") or "Segmentation finished.")
                 log(f"Done: {self.results.get('OUTPUT')}. {text}", Qgis.MessageLevel.Success)
-                self._report(text, Qgis.MessageLevel.Success, title="FactSeg finished")
+                remember_model(self.parameters)
+                self.summary_item = show_summary(self.message_bar, text, self.results, self.parameters.get("INPUT"))
             elif self.cancelled or self.feedback.isCanceled():  # here, or from the task manager's panel
                 self.cancelled = True
                 self.error = "Segmentation cancelled; the worker stopped and no output was written."

@@ -12,6 +12,8 @@ from qgis.core import QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from .dialog_widgets import fit_wrapped_labels
+from .errors import FactSegError
 from .task import log
 from .worker_python import PythonCheck, check_worker_python
 from .worker_setup import SetupWorkerTask
@@ -46,7 +48,21 @@ class WorkerPythonPanel(QWidget):
         return self.python_widget.filePath()
 
     def setFilePath(self, path: str) -> None:  # noqa: N802
+        """Set the interpreter and check it at once, in the background (not only when Segment is pressed)."""
+        changed = path != self.python_widget.filePath()
         self.python_widget.setFilePath(path)
+        if changed or self.check is None:
+            self.check_python()
+
+    def require_usable(self) -> None:
+        """FactSegError (the check's own sentence) unless the worker Python is known to run the worker."""
+        if self.check is None:
+            if not self.filePath().strip():
+                raise FactSegError("No worker Python is set: press Set up worker… to make one, or choose a Python "
+                                   "that has torch.")
+            raise FactSegError("The worker Python is still being checked: press Segment again in a moment.")
+        if not self.check.ok:
+            raise FactSegError(self.check.message)
 
     def check_python(self) -> QgsTask | None:
         """Ask the chosen Python, in a task, whether it imports torch/onnxruntime; show what is missing."""
@@ -66,12 +82,17 @@ class WorkerPythonPanel(QWidget):
                 return  # an older check; the path has changed since
         except RuntimeError:  # the dialog was closed and deleted while the check ran
             return
-        self.check = result
         text = str(exc) if exc is not None else result.message if result is not None else "The check failed."
+        self.check = result or PythonCheck(python, False, None, None, None, None, None, False, text)
         try:
-            self.status_label.setText(html.escape(text))
+            self._show(text)
         except RuntimeError:  # the dialog was closed and deleted while the check ran
             pass
+
+    def _show(self, text: str) -> None:
+        """The whole status, wrapped over as many lines as it needs (never clipped to one)."""
+        self.status_label.setText(html.escape(text))
+        fit_wrapped_labels(self.window())
 
     def set_up(self) -> SetupWorkerTask:
         """Create the worker Python (progress and cancel in the task manager, steps in the FactSeg log)."""
@@ -83,13 +104,20 @@ class WorkerPythonPanel(QWidget):
 
     def _set_up_done(self, task: SetupWorkerTask, ok: bool, message: str) -> None:
         self.setup_button.setEnabled(True)
-        self.status_label.setText(html.escape(message))
+        self._show(message)
         if ok and task.python:
             self.setFilePath(task.python)
 
     def _start(self, task: QgsTask) -> QgsTask:
-        self._tasks = [t for t in self._tasks if t.status() not in (QgsTask.TaskStatus.Complete,
-                                                                    QgsTask.TaskStatus.Terminated)]
+        self._tasks = [t for t in self._tasks if _running(t)]
         self._tasks.append(task)
         QgsApplication.taskManager().addTask(task)
         return task
+
+
+def _running(task: QgsTask) -> bool:
+    """Whether a task is still queued or running (the task manager deletes finished ones)."""
+    try:
+        return task.status() not in (QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated)
+    except RuntimeError:  # already deleted by the task manager
+        return False

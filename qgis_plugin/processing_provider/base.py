@@ -18,6 +18,7 @@ from ..curve import resolve_keys
 from ..errors import FactSegError
 from ..job import WorkerTarget
 from ..local_workers import LocalWorkerSpec
+from ..mistakes import endpoint_problem, model_path_problem
 from ..plugin_info import ICON_PATH
 from ..settings import DEVICES, PluginSettings
 from ..worker_import import contract
@@ -88,6 +89,8 @@ class FactSegAlgorithm(QgsProcessingAlgorithm):
         text = lambda key: (self.parameterAsString(parameters, key, context) or "").strip()  # noqa: E731
         endpoint = text(self.WORKER)
         if endpoint:
+            if endpoint_problem(endpoint):
+                raise QgsProcessingException(endpoint_problem(endpoint))
             try:
                 keys = resolve_keys(text(self.SERVER_KEY), self.parameterAsFile(parameters, self.CLIENT_KEY, context),
                                     text(self.AUTHCFG))
@@ -100,6 +103,8 @@ class FactSegAlgorithm(QgsProcessingAlgorithm):
         if not model:
             raise QgsProcessingException(
                 f"Give a WORKER endpoint (e.g. {contract.DEFAULT_ENDPOINT}), or a MODEL to start a local worker.")
+        if model_path_problem(model):
+            raise QgsProcessingException(model_path_problem(model))
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         python = text(self.WORKER_PYTHON) or PluginSettings.load().worker_python
         return WorkerTarget(local=LocalWorkerSpec(python, model, device, batch_size))

@@ -39,3 +39,18 @@ def attach_stylers(context: QgsProcessingContext, outputs: dict[str, str | None]
         path = outputs.get(kind)
         if path and context.willLoadLayerOnCompletion(path):
             context.layerToLoadOnCompletionDetails(path).setPostProcessor(LayerStyler(style, classes))
+
+
+LAYER_TITLES = {"raster": "FactSeg classes", "vector": "FactSeg objects"}
+
+
+def name_after_input(context: QgsProcessingContext, outputs: dict[str, str | None], input_name: str,
+                     defaults: dict[str, str]) -> None:
+    """Name the loaded outputs after the input ('scene — FactSeg classes') where Processing would use the
+    parameter's title ('Classes'); a name the caller chose (the dialog's) is kept."""
+    for kind, path in outputs.items():
+        if not path or not input_name or not context.willLoadLayerOnCompletion(path):
+            continue
+        details = context.layerToLoadOnCompletionDetails(path)
+        if details.name in ("", defaults.get(kind), "output"):
+            details.name = f"{input_name} — {LAYER_TITLES[kind]}"

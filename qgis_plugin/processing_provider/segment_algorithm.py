@@ -7,6 +7,7 @@ cancel button wired to the worker.
 from __future__ import annotations
 
 import json
+import traceback
 
 from qgis.core import (
     QgsProcessing,
@@ -28,13 +29,16 @@ from qgis.core import (
 )
 
 from ..errors import FactSegError
-from ..job import JobRequest, JobResult, format_statistics, prepare_job, run_job, summary
+from ..job import JobRequest, JobResult, prepare_job, run_job
 from ..local_workers import release
+from ..mistakes import outputs_in_use, unexpected
 from ..model_resolution import model_resolution
+from ..raster_reading import parse_bands
+from ..results_report import is_georeferenced, layer_notes, present_ids, summary, table_lines
 from ..settings import RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES
 from ..worker_import import contract
 from .base import FactSegAlgorithm
-from .post_processing import attach_stylers
+from .post_processing import attach_stylers, name_after_input
 
 UNIT_LABELS = ("Map units of the layer's CRS", "Centimetres per pixel (ground sampling distance)")
 
@@ -69,6 +73,9 @@ class SegmentAlgorithm(FactSegAlgorithm):
         super().__init__()
         self._request: JobRequest | None = None
         self._result: JobResult | None = None
+        self._input_name = ""
+        self._georeferenced = True
+        self._notes: list[str] = []
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (
@@ -181,41 +188,56 @@ class SegmentAlgorithm(FactSegAlgorithm):
             if target.local is not None and not target.endpoint:
                 release(target.local)  # a local worker started to learn the model's resolution
             raise QgsProcessingException(str(exc)) from exc
+        self._input_name, self._georeferenced = layer.name(), is_georeferenced(layer)
+        bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context) or None, layer.bandCount())
+        self._notes = layer_notes(layer, bands)
         return True
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
         request, self._request = self._request, None
         if request is None:
             raise QgsProcessingException("The algorithm was not prepared (internal error).")
+        for note in self._notes:
+            feedback.pushWarning(note)
         try:
-            result = run_job(
-                request,
-                progress=lambda fraction: feedback.setProgress(100.0 * fraction),
-                is_cancelled=feedback.isCanceled,
-                log=feedback.pushInfo,
-            )
+            with outputs_in_use([request.output_path, request.vector_path, request.confidence_path]):
+                result = run_job(
+                    request,
+                    progress=lambda fraction: feedback.setProgress(100.0 * fraction),
+                    is_cancelled=feedback.isCanceled,
+                    log=feedback.pushInfo,
+                )
         except FactSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 (GDAL, OS: one sentence in the message, the traceback in the log)
+            feedback.pushDebugInfo(traceback.format_exc())
+            raise QgsProcessingException(unexpected(exc)) from exc
         self._result = result
         for key in (self.OUTPUT, self.OUTPUT_VECTOR, self.OUTPUT_CONFIDENCE):
             # register the outputs to load on *this* context: off the main thread it is Processing's thread
             # context, whose results replace the caller's when the run is post-processed
             self.parameterAsOutputLayer(parameters, key, context)
-        feedback.pushInfo(f"Classes: {format_statistics(result.statistics)}")
+        for line in ["Classes found:", *table_lines(result.statistics, self._georeferenced)]:
+            feedback.pushInfo(line)
         return {
             self.OUTPUT: str(result.raster_path),
             self.OUTPUT_VECTOR: str(result.vector_path) if result.vector_path else None,
             self.OUTPUT_CONFIDENCE: str(result.confidence_path) if result.confidence_path else None,
             self.FEATURE_COUNT: result.feature_count,
             self.STATISTICS: json.dumps(result.statistics),
-            self.SUMMARY: summary(result),
+            self.SUMMARY: summary(result.grid.width, result.grid.height, result.seconds, result.statistics,
+                                  result.feature_count if result.vector_path else None, self._georeferenced),
         }
 
     def postProcessAlgorithm(self, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
         """Main thread, after the run: give the outputs Processing will load this run's stylers."""
         result, self._result = self._result, None
         if result is not None:
-            attach_stylers(context, {"raster": str(result.raster_path),
-                                     "vector": str(result.vector_path) if result.vector_path else None},
-                           result.classes)
+            outputs = {"raster": str(result.raster_path),
+                       "vector": str(result.vector_path) if result.vector_path else None}
+            shown = present_ids(result.statistics)
+            attach_stylers(context, outputs, [c for c in result.classes if int(c["id"]) in shown] or result.classes)
+            name_after_input(context, outputs, self._input_name,
+                             {"raster": self.parameterDefinition(self.OUTPUT).description(),
+                              "vector": self.parameterDefinition(self.OUTPUT_VECTOR).description()})
         return {}

@@ -3,6 +3,7 @@ factseg:segment as a Processing task; progress, styled layers added on the main 
 stops, nothing added, no file under the output name), errors in words."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -75,17 +76,22 @@ def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgi
     renderer = raster.renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     labels = {c.value: c.label for c in renderer.classes()}
-    # the legend lists the 15 object classes by name; background (0) is left out, so it is transparent
-    assert labels[1] == "ship" and labels[9] == "small vehicle" and len(labels) == 15 and 0 not in labels
-    assert renderer.classes()[13].value == 14 and renderer.classes()[13].color.getRgb()[:3] == DISPLAY_PALETTE[13]
+    # the legend lists the object classes found, by name; background (0) is left out, so it is transparent
+    found = {s["id"] for s in json.loads(task.results["STATISTICS"]) if s["pixels"] > 0} - {0}
+    assert set(labels) == found and 0 not in labels and labels.get(9, "small vehicle") == "small vehicle"
+    assert all(c.color.getRgb()[:3] == DISPLAY_PALETTE[int(c.value) - 1] for c in renderer.classes())
     assert vector.featureCount() == task.results["FEATURE_COUNT"] > 0
     assert {"class_id", "class_name"} <= set(vector.fields().names())
     categorized = vector.renderer()
     assert isinstance(categorized, QgsCategorizedSymbolRenderer) and categorized.classAttribute() == "class_id"
     by_value = {int(c.value()): c for c in categorized.categories()}
-    assert by_value[1].label() == "ship" and by_value[1].symbol().color().getRgb()[:3] == DISPLAY_PALETTE[0]
-    success = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
-    assert success and "%" in success[-1] and "m²" in success[-1]
+    assert set(by_value) == found
+    first = min(found)
+    assert by_value[first].label() == labels[first]
+    assert by_value[first].symbol().color().getRgb()[:3] == DISPLAY_PALETTE[first - 1]
+    summary = task.summary_item  # stays in the message bar, with a Details button
+    assert summary in qgis_iface.messageBar().items() and "Found: " in summary.text() and "%" in summary.text()
+    assert "m²" in summary.details_html  # the areas, in the Details table
     ids, _ = read_classes(tmp_path / "classes.tif")
     assert ids.shape == (160, 200)
     assert plugin.runs == []
