@@ -39,7 +39,11 @@ flock 9
 ready && { echo "$ROOT"; exit 0; }
 
 work="$ROOT.partial"
-rm -rf "$work"
+# Never delete through a mount (an interrupted build could leave /dev or /proc mounted inside).
+for dir in "$work" "$ROOT"; do
+  ! grep -q " $dir/" /proc/self/mounts || cannot "$dir has file systems mounted inside; unmount them first"
+done
+rm -rf --one-file-system "$work"
 echo "qgis344 root: building $ROOT (QGIS 3.44 from trixie-backports; a few minutes, about 2 GB)" >&2
 start=$(date +%s)
 # APT::Default-Release is what `apt-get install -t trixie-backports` sets: QGIS and its libraries come from
@@ -50,13 +54,13 @@ if ! mmdebstrap --quiet --mode=root --variant=minbase --components=main \
      --include="$(IFS=,; echo "${PACKAGES[*]}")" \
      trixie "$work" "deb $MIRROR trixie main" "deb $MIRROR trixie-backports main" >"$work.log" 2>&1; then
   tail -5 "$work.log" >&2
-  rm -rf "$work"
+  rm -rf --one-file-system "$work"
   cannot "mmdebstrap failed (no network to $MIRROR?); log: $work.log"
 fi
 # A machine-id keeps Qt/DBus quiet; the rest of the root stays as Debian made it.
 [ -s "$work/etc/machine-id" ] || echo 0123456789abcdef0123456789abcdef > "$work/etc/machine-id"
-rm -rf "$ROOT"
+rm -rf --one-file-system "$ROOT"
 mv "$work" "$ROOT"
 echo "$STAMP_TEXT" > "$STAMP"
-echo "qgis344 root: built in $(( $(date +%s) - start )) s, $(du -sh "$ROOT" | cut -f1)" >&2
+echo "qgis344 root: built in $(( $(date +%s) - start )) s, $(du -shx "$ROOT" | cut -f1)" >&2
 echo "$ROOT"
