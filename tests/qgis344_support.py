@@ -115,4 +115,4 @@ def desktop_profile(root_dir: Path, plugins_from: Path, version_flag: str) -> Pa
     (profile / "QGIS").mkdir(parents=True)
     with open(profile / "QGIS" / "QGIS3.ini", "w", encoding="utf-8") as handle:
         ini.write(handle, space_around_delimiters=False)
-    return root_dir / "profiles"
+    return root_dir  # QGIS looks for profiles/<name> inside --profiles-path

@@ -70,6 +70,7 @@ def desktop_344(plugins_344, tiny_model):
         status, output = root.run(command, env, tmp, timeout=TIMEOUT_S)
     finally:
         worker.stop()
+    (tmp / "qgis344.log").write_text(output)  # kept with the screenshots, for a human to read
     assert (tmp / "results.json").is_file(), f"QGIS 3.44 wrote no results (exit {status}):\n{output[-3000:]}"
     results = json.loads((tmp / "results.json").read_text())
     assert "exception" not in results, f"{results['exception']}\nQGIS 3.44 said:\n{output[-3000:]}"
