@@ -61,6 +61,7 @@ fi
 [ -s "$work/etc/machine-id" ] || echo 0123456789abcdef0123456789abcdef > "$work/etc/machine-id"
 rm -rf --one-file-system "$ROOT"
 mv "$work" "$ROOT"
+rm -f "$work.log"
 echo "$STAMP_TEXT" > "$STAMP"
 echo "qgis344 root: built in $(( $(date +%s) - start )) s, $(du -shx "$ROOT" | cut -f1)" >&2
 echo "$ROOT"
