@@ -50,3 +50,11 @@ def isaid_sample() -> Path:
     if not (ISAID_SAMPLE / "train" / "images" / "P0005.png").is_file():
         pytest.skip(f"real iSAID sample not found at {ISAID_SAMPLE}")
     return ISAID_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def qgis344_root(tmp_path_factory):
+    """The Debian 13 root with QGIS 3.44 (tests/qgis344): built once and cached, or a skip that says why."""
+    from qgis344_support import prepare_root
+
+    return prepare_root(tmp_path_factory.getbasetemp())

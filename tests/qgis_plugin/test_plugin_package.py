@@ -44,7 +44,7 @@ def test_metadata_is_complete(plugin_zip):
     assert general["category"] == "Raster"
     assert general["hasProcessingProvider"] == "yes"
     assert general["icon"] == "icon.png"
-    assert general["supportsQt6"] == "True"  # QGIS 4
+    assert general["qgisMaximumVersion"] == "4.99" and "supportsQt6" not in general  # listed for QGIS 4
     assert "@" in general["email"] and general["repository"].startswith("https://")
 
 
