@@ -36,7 +36,7 @@ bench: setup
 	$(PY) bench/load.py
 	$(PY) bench/train_step.py
 	$(PY) bench/batch.py
-# Longer, run by hand: bench/finetune.py (fine-tune vs scratch, ~7 min), bench/sliding.py --model (int8 on a trained
+# Longer, run by hand: bench/finetune.py (the default CPU fine-tuning of the demo export, ~7 min; --vs-scratch), bench/sliding.py --model (int8 on a trained
 # model), and on a machine with a CUDA GPU: bash bench/gpu_check.sh (one table, under 8 minutes).
 
 clean:

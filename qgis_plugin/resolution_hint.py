@@ -86,8 +86,11 @@ class ModelResolution:
 
     def _local_read(self, card: dict | None, message: str, path: str) -> None:
         radio, _python, model = self._local  # type: ignore[misc]
-        if not radio.isChecked() or model.filePath().strip() != path:
-            return  # the choice changed meanwhile: a newer read is on its way
+        try:
+            if not radio.isChecked() or model.filePath().strip() != path:
+                return  # the choice changed meanwhile: a newer read is on its way
+        except RuntimeError:
+            return  # the dialog was closed (its widgets deleted) while the card was read
         self.unknown = f"not known ({message.rstrip('.')})"
         self.set_info({"model_card": card} if card else None)
 

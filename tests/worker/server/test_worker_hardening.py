@@ -242,7 +242,12 @@ def test_a_live_client_keeps_its_lease_through_a_long_chunk(worker, tiny_model) 
     assert time.monotonic() - started > 2.0, "the chunk was too short to outlive a lease"
     assert stats["chunks"] == 1 and stats["retries"] == 0
     assert worker.log_path.read_text().count('"event": "expired"') == expired_before
-    np.testing.assert_array_equal(out, reference(tiny_model, img, 64, 16).argmax(0))
+    probabilities = reference(tiny_model, img, 64, 16)
+    differ = out != probabilities.argmax(0)
+    # The worker runs one torch thread, this process several: the last bits differ, so only a pixel at a near tie
+    # (top two probabilities within 1e-4) may take the other class; any other difference is a wrong stitch.
+    top2 = np.sort(probabilities, axis=0)[-2:]
+    assert not (differ & (top2[1] - top2[0] > 1e-4)).any(), f"{int(differ.sum())} pixels differ beyond a near tie"
 
 
 # -- one handshake ------------------------------------------------------------------------------------------
