@@ -121,7 +121,7 @@ def unchecked_features(source):
     the algorithm at the first invalid polygon): the export repairs or leaves out such polygons itself."""
     flags = getattr(Qgis, "ProcessingFeatureSourceFlag", None)  # QGIS ≥ 3.36 (and 4); before: on the class
     skip = (flags.SkipGeometryValidityChecks if flags is not None
-            else QgsProcessingFeatureSource.FlagSkipGeometryValidityChecks)
+            else QgsProcessingFeatureSource.Flag.FlagSkipGeometryValidityChecks)
     return source.getFeatures(QgsFeatureRequest(), skip)
 
 

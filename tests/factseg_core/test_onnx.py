@@ -99,7 +99,7 @@ def test_export_cli_rejects_bad_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     proc = subprocess.run([*EXPORT, "--model", str(bad), "--output", str(tmp_path / "x.onnx")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "corrupt" in proc.stderr
+    assert proc.returncode == 2 and "is not a FactSeg model file" in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 
