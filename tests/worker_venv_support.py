@@ -33,7 +33,8 @@ def _key(base_python: str) -> str:
 def requirements_only_python() -> str:
     """The interpreter of a venv holding exactly worker-requirements.txt (skips the test where pip cannot build
     one, with pip's reason)."""
-    from qgis_plugin.worker_env import SetupWorkerTask, venv_python
+    from qgis_plugin.worker_python import venv_python
+    from qgis_plugin.worker_setup import SetupWorkerTask
 
     base = str(Path(sys.executable).resolve())  # the tests' own Python: the one this machine's torch wheel fits
     env = CACHE / f"worker-venv-{_key(base)}"

@@ -113,7 +113,8 @@ def test_a_job_stays_its_owners_and_its_result_waits_for_them(worker, export, tr
 
 
 def test_on_a_curve_worker_the_job_belongs_to_the_client_key(tiny_checkpoint, tmp_path):
-    from worker.keys import generate, load_client_keys, load_public_key
+    from worker.client.keys import load_client_keys, load_public_key
+    from worker.keys import generate
 
     keys = generate(tmp_path / "keys", ["alice", "bob"])
     server = load_public_key(keys["server_public"])
