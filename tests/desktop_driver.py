@@ -111,7 +111,7 @@ def first_run(dialog) -> None:
         dialog.python_panel.setup_button.isEnabled()
     guide.follow("factseg:demo")  # what clicking "use the demo model" does
     RESULTS["demo_link"] = {"local": dialog.local_radio.isChecked(), "model": dialog.model_widget.filePath()}
-    dialog.python_panel.setFilePath(CONFIG["bare_python"])
+    dialog.python_panel.setFilePath(CONFIG.get("bare_python", "/usr/bin/python3"))  # a Python without torch
     RESULTS["python_checked"] = wait(lambda: dialog.python_panel.check is not None, 60)
     wait(lambda: False, 0.5)
     dialog.button_box.button(QDialogButtonBox.StandardButton.Ok).click()
