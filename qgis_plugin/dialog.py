@@ -29,7 +29,7 @@ from qgis.gui import (
     QgsMapToolExtent,
     QgsRasterBandComboBox,
 )
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -48,7 +48,16 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .curve import resolve_keys
-from .dialog_widgets import chosen_extent, extent_text, fit_wrapped_labels, note_label, spin, wrap
+from .dialog_widgets import (
+    Sections,
+    chosen_extent,
+    extent_text,
+    fit_wrapped_labels,
+    fitted_size,
+    note_label,
+    spin,
+    wrap,
+)
 from .errors import FactSegError
 from .first_run import FirstRunGuide
 from .grid import ground_metres_per_unit, native_resolution
@@ -92,13 +101,17 @@ class SegmentDialog(QDialog):
     # -- construction ---------------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        content = QWidget()  # scrolls when taller than the screen; the error line and the buttons stay in view
+        sections = QVBoxLayout(content)
+        sections.setContentsMargins(0, 0, 0, 0)
         self.guide = FirstRunGuide()
         self.guide.use_model.connect(self.use_local_model)
-        layout.addWidget(self.guide)
-        layout.addWidget(self._build_input())
-        layout.addWidget(self._build_worker())
-        layout.addWidget(self._build_output())
+        sections.addWidget(self.guide)
+        sections.addWidget(self._build_input())
+        sections.addWidget(self._build_worker())
+        sections.addWidget(self._build_output())
+        layout = QVBoxLayout(self)
+        layout.addWidget(Sections(content), 1)
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #b00020")
@@ -420,6 +433,10 @@ class SegmentDialog(QDialog):
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         super().resizeEvent(event)
         self._fit_legend()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        """Tall enough for every section, but no taller than the screen (the sections scroll)."""
+        return fitted_size(super().sizeHint(), self)
 
     # -- the request ----------------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
-from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QSpinBox, QWidget
+from qgis.PyQt.QtCore import QSize, Qt
+from qgis.PyQt.QtGui import QGuiApplication
+from qgis.PyQt.QtWidgets import QFrame, QGroupBox, QLabel, QScrollArea, QSpinBox, QWidget
 
 from .errors import FactSegError
 
@@ -30,6 +32,43 @@ def wrap(layout) -> QWidget:
     layout.setContentsMargins(0, 0, 0, 0)
     widget.setLayout(layout)
     return widget
+
+
+class Sections(QScrollArea):
+    """The dialog's sections in a frameless area that scrolls vertically only: never narrower than they need."""
+
+    def __init__(self, content: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        """The whole content at its preferred width (a scroll area's own hint is a fixed 24 lines)."""
+        content = self.widget()
+        width = max(content.sizeHint().width(), content.minimumSizeHint().width())
+        height = content.heightForWidth(width) if content.hasHeightForWidth() else -1
+        return QSize(width + self.verticalScrollBar().sizeHint().width(),
+                     height if height > 0 else content.sizeHint().height())
+
+
+def fitted_size(hint: QSize, widget: QWidget, share: float = 0.9) -> QSize:
+    """``hint`` bounded by ``share`` of the free area of the screen ``widget`` is on.
+
+    The full dialog (guide, input, worker, legend, output) is taller than a 1080-pixel screen: beyond the screen
+    its buttons were out of reach. Its sections scroll instead, and the window asks for no more than the screen.
+    """
+    screen = widget.screen() if hasattr(widget, "screen") else None
+    screen = screen or QGuiApplication.primaryScreen()
+    if screen is None:
+        return hint
+    free = screen.availableGeometry()
+    return QSize(min(hint.width(), free.width()), min(hint.height(), int(free.height() * share)))
 
 
 def chosen_extent(source: str, canvas, polygons, drawn: Extent | None) -> Extent | None:
@@ -81,3 +120,4 @@ def fit_wrapped_labels(root: QWidget) -> None:
         need = root.layout().minimumSize()  # now with the labels' heights: grow a window that is too short for it
         if root.isWindow() and root.height() < need.height():
             root.resize(max(root.width(), need.width()), need.height())
+

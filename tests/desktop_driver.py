@@ -20,7 +20,7 @@ from osgeo import gdal
 from qgis.core import QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication, QSize, QTimer
 from qgis.PyQt.QtGui import QColor, QImage
-from qgis.PyQt.QtWidgets import QDialogButtonBox
+from qgis.PyQt.QtWidgets import QDialogButtonBox, QScrollArea
 
 try:
     from qgis.PyQt.QtGui import QAction
@@ -151,6 +151,10 @@ def dialog_run(plugin, imagery) -> None:
     RESULTS["legend_label"] = label_fits(dialog.classes_label)
     RESULTS["legend_bottom"] = dialog.classes_label.geometry().bottom()
     RESULTS["windows_top"] = dialog.patch_spin.parentWidget().geometry().top()
+    dialog.findChild(QScrollArea).ensureWidgetVisible(dialog.classes_label, 0, 200)  # as the analyst scrolls to it
+    wait(lambda: False, 0.3)
+    RESULTS["dialog_size"] = [dialog.width(), dialog.height()]
+    RESULTS["buttons_in_view"] = dialog.button_box.geometry().bottom() < dialog.height()
     dialog.grab().save(CONFIG["dialog_png"])
     dialog.button_box.button(QDialogButtonBox.StandardButton.Ok).click()
     RESULTS["dialog_error"] = dialog.error_label.text()

@@ -59,7 +59,8 @@ def desktop_344(plugins_344, tiny_model):
               "client_key": str(keys["client_secret"]), "image": str(image), "patch": 128, "stride": 64,
               "output": str(tmp / "classes.tif"), "output2": str(tmp / "classes2.tif"),
               "vector2": str(tmp / "objects2.gpkg"), "dialog_png": str(tmp / "dialog.png"),
-              "result_png": str(tmp / "result.png"), "results": str(tmp / "results.json"), "timeout_s": 150}
+              "result_png": str(tmp / "result.png"), "results": str(tmp / "results.json"), "timeout_s": 150,
+              "guide_png": str(tmp / "guide.png"), "bare_python": "/usr/bin/python3", "python": "/usr/bin/python3"}
     (tmp / "config.json").write_text(json.dumps(config))
     (tmp / "auth").mkdir()
     env = {"FACTSEG_DESKTOP_CONFIG": str(tmp / "config.json"), "XDG_RUNTIME_DIR": str(tmp)}

@@ -163,6 +163,7 @@ def test_legend_lists_the_classes_found_and_polygons_are_outlined(desktop_run):
     assert all(vector["outline_differs"]) and results["polygon_change"] > 3.0, results["polygon_change"]
     legend = results["legend_label"]
     assert legend["height"] >= legend["needs"] and results["legend_bottom"] < results["windows_top"], results
+    assert results["buttons_in_view"] and results["dialog_size"][1] <= 1000, results  # the screen is 1000 px high
 
 
 def test_summary_stays_visible_after_the_run(desktop_run):

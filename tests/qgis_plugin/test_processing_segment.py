@@ -478,13 +478,16 @@ def test_wrong_keys_fail_clearly(provider, curve_worker, tmp_path, monkeypatch, 
 
 
 def test_the_algorithm_opens_its_job_with_one_round_trip(provider, worker, worker_classes, tmp_path):
-    """factseg:segment runs the pipeline `python -m worker.segment` runs: `open` is its one request before the
-    first chunk (counted on the wire, through a real ZeroMQ proxy in front of the worker)."""
+    """factseg:segment runs the pipeline `python -m worker.segment` runs: `open` is the job's one request before
+    its first chunk (counted on the wire, through a real ZeroMQ proxy in front of the worker). Without RESOLUTION
+    the model's ground resolution is read first (one ``info``); the pulse's pings are liveness, not round trips."""
     from worker_support import CountingProxy
 
     src = write_geotiff(tmp_path / "utm.tif", scene(96, 80), UTM_GT, 32633)
-    with CountingProxy(worker.endpoint) as proxy:
-        result = run_segment(provider, INPUT=str(src), WORKER=proxy.endpoint, OUTPUT=str(tmp_path / "o.tif"),
-                             OUTPUT_VECTOR=str(tmp_path / "o.gpkg"))
-    assert proxy.ops_before("segment") == ["open"], proxy.ops
+    for resolution, expected in ((UTM_GT[1], ["open"]), (0.0, ["info", "open"])):
+        with CountingProxy(worker.endpoint) as proxy:
+            result = run_segment(provider, INPUT=str(src), WORKER=proxy.endpoint, RESOLUTION=resolution,
+                                 OUTPUT=str(tmp_path / f"o{resolution}.tif"),
+                                 OUTPUT_VECTOR=str(tmp_path / f"o{resolution}.gpkg"))
+        assert [op for op in proxy.ops_before("segment") if op != "ping"] == expected, proxy.ops
     check_class_raster(result["OUTPUT"], worker_classes, UTM_GT, 32633)

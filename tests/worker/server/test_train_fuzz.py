@@ -56,7 +56,7 @@ def _field(rng: np.random.Generator, key: str):
 def _message(rng: np.random.Generator, me: Actor, other: Actor) -> tuple[list, bool]:
     """Frames of one hostile message and whether it targets the other peer's job."""
     op = _pick(rng, OPS)
-    header: dict = {"v": 1, "op": op, "id": f"f{int(rng.integers(1 << 30))}"}
+    header: dict = {"v": P.PROTOCOL_VERSION, "op": op, "id": f"f{int(rng.integers(1 << 30))}"}
     arrays = None
     if op == "train_begin":
         header.update({k: _field(rng, k) for k in ("files", "bytes", "iterations", "init_from", "preset",
@@ -110,7 +110,7 @@ def test_fuzzed_train_ops_leave_the_worker_serving_and_bounded(fuzzed):
                 break
         for actor in actors:  # each lets go of its job, if it still has one
             if actor.job is not None:
-                actor.peer.exchange(P.encode({"v": 1, "op": "train_cancel", "job": actor.job, "token": actor.token}))
+                actor.peer.exchange(P.encode({"op": "train_cancel", "job": actor.job, "token": actor.token}))
     finally:
         for actor in actors:
             actor.peer.close()
