@@ -60,15 +60,15 @@ from .dialog_widgets import (
 )
 from .errors import FactSegError
 from .first_run import FirstRunGuide
-from .grid import ground_metres_per_unit, native_resolution
+from .grid import native_resolution
 from .mistakes import endpoint_problem, model_path_problem
+from .model_resolution import native_value
 from .raster_reading import ARGB_TYPES, default_bands
 from .resolution_hint import ModelResolution
 from .results_report import layer_notes
 from .settings import DEVICES, EXTENT_SOURCES, RESOLUTION_UNITS, SCALING_LABELS, SCALING_MODES, PluginSettings
-from .styling import display_color, display_name, object_classes
 from .task import SegmentRun
-from .worker_check import CheckWorkerTask, WorkerCheck, hardware_text
+from .worker_check import CheckWorkerTask, WorkerCheck, legend_html
 from .worker_import import contract
 from .worker_python_panel import WorkerPythonPanel
 
@@ -111,7 +111,7 @@ class SegmentDialog(QDialog):
         sections.addWidget(self._build_worker())
         sections.addWidget(self._build_output())
         layout = QVBoxLayout(self)
-        layout.addWidget(Sections(content), 1)
+        layout.addWidget(Sections(content, self._fit_legend), 1)
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #b00020")
@@ -334,22 +334,12 @@ class SegmentDialog(QDialog):
 
     def _reset_resolution(self) -> None:
         """Show the layer's native pixel size in the chosen unit (ground cm/px measured at the layer's centre)."""
-        layer = self.layer_combo.currentLayer()
-        native = native_resolution(layer) if isinstance(layer, QgsRasterLayer) else None
         self._native_value = None
-        if native is None:
-            return
-        value = native[0]
-        if RESOLUTION_UNITS[self.units_combo.currentIndex()] == "cm_per_px":
-            extent = layer.extent()
-            try:
-                mx, _my = ground_metres_per_unit(layer.crs(), extent.center(), max(extent.width(), extent.height())
-                                                 * 0.01 or 1e-3, QgsProject.instance().transformContext())
-            except FactSegError:
-                return
-            value = native[0] * mx * 100.0
-        self.resolution_spin.setValue(value)
-        self._native_value = self.resolution_spin.value()
+        value = native_value(self.layer_combo.currentLayer(), RESOLUTION_UNITS[self.units_combo.currentIndex()],
+                             QgsProject.instance().transformContext())
+        if value is not None:
+            self.resolution_spin.setValue(value)
+            self._native_value = self.resolution_spin.value()
 
     def _show_extent(self) -> None:
         try:
@@ -413,16 +403,8 @@ class SegmentDialog(QDialog):
         if not check.ok:
             self.classes_label.setText(html.escape(f"No FactSeg worker answers at {check.endpoint!r}: {check.message}"))
             return
-        info = check.info
-        self.model_resolution.set_info(info)  # its model card's gsd_m: shown, and the default resolution
-        swatches = " ".join(
-            f'<span style="background-color: {display_color(c["id"]).name()}">&nbsp;&nbsp;&nbsp;</span>&nbsp;'
-            f'{html.escape(display_name(c["name"])).replace(" ", "&nbsp;")}' for c in object_classes(check.classes))
-        link = (f"CURVE-authenticated, trusting server key {html.escape(check.server_key or '')}"
-                if check.authenticated else "unauthenticated loopback/ipc link")
-        self.classes_label.setText(
-            f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
-            f"{html.escape(hardware_text(info))}, {link}. On the map (background transparent): {swatches}")
+        self.model_resolution.set_info(check.info)  # its model card's gsd_m: shown, and the default resolution
+        self.classes_label.setText(legend_html(check))
         self._fit_legend()
 
     def _fit_legend(self) -> None:

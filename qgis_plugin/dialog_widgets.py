@@ -1,8 +1,10 @@
 """Small widget and text helpers of the Segment Layer dialog."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
-from qgis.PyQt.QtCore import QSize, Qt
+from qgis.PyQt.QtCore import QEvent, QSize, Qt, QTimer
 from qgis.PyQt.QtGui import QGuiApplication
 from qgis.PyQt.QtWidgets import QFrame, QGroupBox, QLabel, QScrollArea, QSpinBox, QWidget
 
@@ -37,12 +39,31 @@ def wrap(layout) -> QWidget:
 class Sections(QScrollArea):
     """The dialog's sections in a frameless area that scrolls vertically only: never narrower than they need."""
 
-    def __init__(self, content: QWidget) -> None:
+    def __init__(self, content: QWidget, refit: Callable[[], None]) -> None:
+        """Args:
+            content: the sections, in a vertical layout.
+            refit: called once the content has its new width (after each resize), for wrapped labels to take
+                the height their text needs at that width (see :func:`fit_wrapped_labels`).
+        """
         super().__init__()
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setWidget(content)
+        self._refit = refit
+        self._refit_pending = False
+        content.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt API)
+        """The content is resized after the dialog's own resize event: its labels' widths are known only now."""
+        if watched is self.widget() and event.type() == QEvent.Type.Resize and not self._refit_pending:
+            self._refit_pending = True
+            QTimer.singleShot(0, self._run_refit)
+        return False
+
+    def _run_refit(self) -> None:
+        self._refit_pending = False
+        self._refit()
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
         width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()

@@ -70,6 +70,16 @@ def layer_gsd(layer: QgsRasterLayer, context: QgsCoordinateTransformContext) -> 
         return None
 
 
+def native_value(layer: Any, units: str, context: QgsCoordinateTransformContext) -> float | None:
+    """A raster layer's native pixel size in ``units`` ('map_units', or 'cm_per_px': ground cm per pixel at the
+    layer's centre); None without a native grid, or where the ground size cannot be measured."""
+    native = native_resolution(layer) if isinstance(layer, QgsRasterLayer) else None
+    if native is None or units != "cm_per_px":
+        return native[0] if native else None
+    gsd = layer_gsd(layer, context)
+    return gsd * 100.0 if gsd is not None else None
+
+
 def grid_gsd(grid: OutputGrid, context: QgsCoordinateTransformContext | None = None) -> float | None:
     """Ground metres per pixel of an output grid at its centre (None where it cannot be measured)."""
     try:

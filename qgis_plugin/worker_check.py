@@ -6,6 +6,7 @@ which server key that is. Failures become one sentence that says what to fix (:f
 """
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from .auth import CurveKeys, short_key
+from .styling import display_color, display_name, object_classes
 from .worker_import import RemoteError, WorkerClient, WorkerError, WorkerUnavailable
 from .worker_python import PythonCheck, check_worker_python
 
@@ -74,6 +76,19 @@ def hardware_text(info: dict) -> str:
         where = f"{name or device}, {memory / 1024**3:.1f} GiB ({device})"
     batch = settled_batch(info)
     return f"{where}, {info.get('precision') or 'fp32'}, batch {batch if batch is not None else '?'}"
+
+
+def legend_html(check: WorkerCheck) -> str:
+    """The dialog's line for a worker that answered: model, hardware, link, and a colour swatch for each class
+    as the map shows it (non-breaking spaces keep a swatch with its name when the line wraps)."""
+    info = check.info
+    swatches = " ".join(
+        f'<span style="background-color: {display_color(c["id"]).name()}">&nbsp;&nbsp;&nbsp;</span>&nbsp;'
+        f'{html.escape(display_name(c["name"])).replace(" ", "&nbsp;")}' for c in object_classes(check.classes))
+    link = (f"CURVE-authenticated, trusting server key {html.escape(check.server_key or '')}"
+            if check.authenticated else "unauthenticated loopback/ipc link")
+    return (f"{html.escape(str(info.get('model', '?')))} ({html.escape(str(info.get('backbone', '?')))}) on "
+            f"{html.escape(hardware_text(info))}, {link}. On the map (background transparent): {swatches}")
 
 
 @dataclass

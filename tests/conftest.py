@@ -8,9 +8,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ISAID_SAMPLE = REPO_ROOT.parent / "shared" / "isaid_sample"
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+from project_paths import ISAID_SAMPLE
 
 
 @pytest.fixture(scope="session")

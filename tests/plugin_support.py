@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO_ROOT, VENV_PYTHON
 from osgeo import gdal, osr
+from project_paths import REPO_ROOT, VENV_PYTHON
 
 PATCH, STRIDE = 128, 64
 #: Geotransforms of the test rasters: 0.5 m UTM pixels, and ~0.5 m pixels in EPSG:4326.
@@ -128,7 +128,7 @@ def start_curve_worker(checkpoint: Path, keys_dir: Path):
 
 def imagery(height: int = 256, width: int = 320) -> np.ndarray:
     """3×h×w uint8 imagery: a crop of the real iSAID sample (a parking lot) when present, else a synthetic scene."""
-    from conftest import ISAID_SAMPLE
+    from project_paths import ISAID_SAMPLE
 
     sample = ISAID_SAMPLE / "train" / "images" / "P0005.png"
     if sample.is_file():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from project_paths import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "qgis344_root.sh"
 BUILD_TIMEOUT_S = 1200

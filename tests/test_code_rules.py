@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from project_paths import REPO_ROOT
 
 PACKAGES = ("factseg_core", "worker", "qgis_plugin", "training")
 MAX_MODULE_LINES = 500

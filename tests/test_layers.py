@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from project_paths import REPO_ROOT
 
 QGIS_SIDE = ["factseg_contract", "worker.contract", "worker.client.protocol", "worker.client",
              "worker.io.raster_output", "worker.io.vectorize", "worker.io.pipeline", "qgis_plugin",

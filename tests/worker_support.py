@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from conftest import REPO_ROOT as REPO
-from conftest import VENV_PYTHON
 from osgeo import gdal, osr
+from project_paths import REPO_ROOT as REPO
+from project_paths import VENV_PYTHON
 
 from worker.client import LocalWorker, WorkerClient, start_local_worker
 from worker.io.training_export import Tile, TrainingDataWriter, build_class_table

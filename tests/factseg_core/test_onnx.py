@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO_ROOT, VENV_PYTHON
+from project_paths import REPO_ROOT, VENV_PYTHON
 
 from factseg_core import plan_chunks, predict_chunk, sliding_predict, stream_predict
 from factseg_core.backends import OnnxRunner, TorchRunner, read_onnx_metadata, runner_info

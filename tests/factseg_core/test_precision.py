@@ -103,7 +103,7 @@ def test_worker_model_preparation(tiny_checkpoint, tmp_path):
 def test_worker_refuses_int8_before_calibration_with_one_clear_sentence(tiny_checkpoint):
     import subprocess
 
-    from conftest import REPO_ROOT, VENV_PYTHON
+    from project_paths import REPO_ROOT, VENV_PYTHON
 
     proc = subprocess.run([str(VENV_PYTHON), "-m", "worker", "--model", str(tiny_checkpoint), "--precision", "int8",
                            "--bind", "ipc:///tmp/factseg-precision-test.ipc"],

@@ -10,9 +10,9 @@ import json
 import shutil
 
 import pytest
-from conftest import REPO_ROOT
 from plugin_support import UTM_GT, build_plugin_zip, imagery, mixed_checkpoint, start_curve_worker, unpack_plugin
 from plugin_support import write_geotiff as write_tif
+from project_paths import REPO_ROOT
 from qgis344_support import desktop_profile
 
 pytestmark = pytest.mark.qgis
@@ -63,7 +63,8 @@ def desktop_344(plugins_344, tiny_model):
               "guide_png": str(tmp / "guide.png"), "bare_python": "/usr/bin/python3", "python": "/usr/bin/python3"}
     (tmp / "config.json").write_text(json.dumps(config))
     (tmp / "auth").mkdir()
-    env = {"FACTSEG_DESKTOP_CONFIG": str(tmp / "config.json"), "XDG_RUNTIME_DIR": str(tmp)}
+    env = {"FACTSEG_DESKTOP_CONFIG": str(tmp / "config.json"), "XDG_RUNTIME_DIR": str(tmp),
+           "FACTSEG_DEMO_MODEL": str(checkpoint)}  # the guide offers it as "the demo model"
     command = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "/usr/bin/qgis", "--nologo", "--noversioncheck",
                "--profiles-path", str(profiles), "--authdbdirectory", str(tmp / "auth"), "--code",
                str(tmp / "desktop_driver.py")]
@@ -84,6 +85,11 @@ def test_qgis_344_desktop_action_dialog_and_check_worker(desktop_344):
     assert results["action_found"] and results["dialog_visible"]
     assert results["check_answered"] and "CURVE-authenticated" in results["check_label"]
     assert (tmp / "dialog.png").stat().st_size > 10_000
+    # Debian 13's fonts wrap differently: the legend still sits above the Windows row, the dialog fits the screen
+    legend = results["legend_label"]
+    assert legend["height"] >= legend["needs"] and results["legend_bottom"] < results["windows_top"], results
+    assert results["buttons_in_view"] and results["dialog_size"][1] <= 1000, results
+    assert results["demo_link"]["local"] and results["bare_python_refused"], results  # the first-run path
 
 
 def test_qgis_344_desktop_job_renders_legibly(desktop_344):

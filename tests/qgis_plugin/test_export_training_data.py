@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
-from plugin_support import UTM_GT, recording_feedback, registered_provider, scene, write_geotiff
+from plugin_support import UTM_GT, recording_feedback, scene, write_geotiff
 from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
 
 from worker.io.training_export import (
@@ -29,11 +29,6 @@ HEIGHT, WIDTH = 200, 300
 #: Label rectangles in pixel coordinates (row0, col0, row1, col1) and their class names.
 BOXES = [((20, 30, 50, 70), "vessel"), ((100, 40, 130, 60), "vehicle"), ((60, 200, 90, 260), "tank"),
          ((150, 240, 170, 290), "vehicle")]
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    yield from registered_provider()
 
 
 def _pixel_box(box, gt=UTM_GT):

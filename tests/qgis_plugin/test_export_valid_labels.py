@@ -12,17 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
-from plugin_support import UTM_GT, registered_provider, scene, write_geotiff
+from plugin_support import UTM_GT, scene, write_geotiff
 from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsVectorLayer
 
 from worker.io.vectorize import polygonize_classes
 
 pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    yield from registered_provider()
 
 
 class Log(QgsProcessingFeedback):

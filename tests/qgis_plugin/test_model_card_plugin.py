@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO_ROOT, VENV_PYTHON
 from osgeo import gdal, ogr, osr
 from plugin_support import GEO_GT, UTM_GT, scene, start_worker, write_geotiff
+from project_paths import REPO_ROOT, VENV_PYTHON
 from qgis.core import QgsProcessingFeedback, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication
 from worker_support import TINY_CONFIG
@@ -63,13 +63,6 @@ def _labels(path, boxes, gt=UTM_GT, epsg=32633) -> str:
         layer.CreateFeature(feature)
     ds = None
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    from plugin_support import registered_provider
-
-    yield from registered_provider()
 
 
 @pytest.fixture(scope="module")

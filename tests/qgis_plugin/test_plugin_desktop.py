@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, VENV_PYTHON
 from plugin_support import (
     UTM_GT,
     build_plugin_zip,
@@ -25,6 +24,7 @@ from plugin_support import (
     unpack_plugin,
     write_geotiff,
 )
+from project_paths import REPO_ROOT, VENV_PYTHON
 
 pytestmark = pytest.mark.qgis
 DRIVER = REPO_ROOT / "tests" / "desktop_driver.py"

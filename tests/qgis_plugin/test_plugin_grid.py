@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from osgeo import gdal
-from plugin_support import PATCH, STRIDE, scene, start_worker, write_geotiff
+from plugin_support import PATCH, STRIDE, scene, write_geotiff
 from qgis.core import QgsRasterLayer
 
 pytestmark = pytest.mark.qgis
@@ -15,13 +15,6 @@ GRIDS = {
     "4326-2.7e-06": ((-3.7021, 2.7e-06, 0.0, 40.4168, 0.0, -2.7e-06), 4326, (83, 149)),
     "32633-0.3m": ((512345.7, 0.3, 0.0, 4012345.9, 0.0, -0.3), 32633, (97, 131)),
 }
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint):
-    running = start_worker(tiny_checkpoint)
-    yield running
-    running.stop()
 
 
 @pytest.mark.parametrize("name", list(GRIDS))
@@ -37,14 +30,6 @@ def test_native_grid_is_the_layers_own(qgis_app, tmp_path, name):
     naive = layer.extent().width() / layer.width()
     if name.startswith("4326"):  # what extent ÷ size gives: not the file's number (the bug this guards against)
         assert naive != gt[1]
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    """factseg:segment registered, as the plugin does."""
-    from plugin_support import registered_provider
-
-    yield from registered_provider()
 
 
 @pytest.mark.parametrize("name", list(GRIDS))

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from plugin_support import UTM_GT, recording_feedback, scene, start_worker, write_geotiff
+from plugin_support import UTM_GT, recording_feedback, scene, write_geotiff
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -22,24 +22,6 @@ def one_sentence(text: str | None) -> str:
     assert "weights_only" not in text and len(text) < 400, text
     assert not text[0].islower() and text.rstrip().endswith("."), text
     return text
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint):
-    running = start_worker(tiny_checkpoint)
-    yield running
-    running.stop()
-
-
-@pytest.fixture()
-def plugin(qgis_iface, qgis_processing):
-    from qgis_plugin.plugin import FactSegPlugin
-
-    instance = FactSegPlugin(qgis_iface)
-    instance.initGui()
-    yield instance
-    instance.unload()
-    QgsProject.instance().removeAllMapLayers()
 
 
 @pytest.fixture()

@@ -8,9 +8,7 @@ from plugin_support import (
     STRIDE,
     UTM_GT,
     recording_feedback,
-    registered_provider,
     scene,
-    start_worker,
     write_geotiff,
 )
 from qgis.core import QgsProcessingException
@@ -19,18 +17,6 @@ pytestmark = pytest.mark.qgis
 
 
 Errors = recording_feedback()
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint):
-    running = start_worker(tiny_checkpoint)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    yield from registered_provider()
 
 
 def run(worker, feedback, **params):

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from project_paths import REPO_ROOT
 
 PLUGIN = REPO_ROOT / "qgis_plugin"
 QT_MODULES = ("QtCore", "QtGui", "QtWidgets", "QtNetwork", "QtXml", "QtSvg")

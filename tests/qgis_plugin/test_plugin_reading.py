@@ -255,14 +255,6 @@ def test_settings_round_trip():
 # -- dialog -------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    """factseg:segment registered, as the plugin does."""
-    from plugin_support import registered_provider
-
-    yield from registered_provider()
-
-
 @pytest.fixture()
 def dialog(qgis_iface, utm_tif, provider):
     from qgis_plugin.dialog import SegmentDialog

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from osgeo import gdal
-from plugin_support import PATCH, STRIDE, UTM_GT, scene, start_worker, write_geotiff
+from plugin_support import PATCH, STRIDE, UTM_GT, scene, write_geotiff
 from qgis.core import QgsProcessingFeedback, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -32,24 +32,6 @@ class LogFeedback(QgsProcessingFeedback):
     def pushWarning(self, warning):  # noqa: N802
         self.lines.append(str(warning))
         super().pushWarning(warning)
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint):
-    running = start_worker(tiny_checkpoint)
-    yield running
-    running.stop()
-
-
-@pytest.fixture()
-def plugin(qgis_iface, qgis_processing):
-    from qgis_plugin.plugin import FactSegPlugin
-
-    instance = FactSegPlugin(qgis_iface)
-    instance.initGui()
-    yield instance
-    instance.unload()
-    QgsProject.instance().removeAllMapLayers()
 
 
 def png_without_georeferencing(path, bands: int = 3):

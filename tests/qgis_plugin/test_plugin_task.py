@@ -9,31 +9,12 @@ import time
 
 import numpy as np
 import pytest
-from plugin_support import PATCH, STRIDE, UTM_GT, read_classes, scene, start_worker, write_geotiff
+from plugin_support import PATCH, STRIDE, UTM_GT, read_classes, scene, write_geotiff
 from qgis.core import Qgis, QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 
 pytestmark = pytest.mark.qgis
 
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint):
-    running = start_worker(tiny_checkpoint)
-    yield running
-    running.stop()
-
-
-@pytest.fixture()
-def plugin(qgis_iface, qgis_processing):
-    from qgis_plugin.plugin import FactSegPlugin
-
-    qgis_iface.messageBar().clear_messages()
-    instance = FactSegPlugin(qgis_iface)
-    instance.initGui()
-    yield instance
-    instance.unload()
-    QgsProject.instance().removeAllMapLayers()
 
 
 def make_params(tmp_path, endpoint, size=(160, 200), **kwargs):

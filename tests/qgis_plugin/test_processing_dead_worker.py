@@ -7,17 +7,12 @@ import threading
 import time
 
 import pytest
-from plugin_support import UTM_GT, recording_feedback, registered_provider, scene, start_worker, write_geotiff
+from plugin_support import UTM_GT, recording_feedback, scene, start_worker, write_geotiff
 from qgis.core import QgsProcessingException
 
 from worker.client import WorkerClient
 
 pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    yield from registered_provider()
 
 
 def kill_when_busy(worker, killed: list[float]) -> None:

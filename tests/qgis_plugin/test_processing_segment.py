@@ -22,9 +22,7 @@ from plugin_support import (
     read_classes,
     recording_feedback,
     reference_classes,
-    registered_provider,
     scene,
-    start_worker,
     unpack_plugin,
     write_geotiff,
 )
@@ -35,23 +33,11 @@ pytestmark = pytest.mark.qgis
 
 
 @pytest.fixture(scope="module")
-def worker(tiny_checkpoint):
-    running = start_worker(tiny_checkpoint)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def worker_classes(worker):
     from worker.client import WorkerClient
 
     with WorkerClient(worker.endpoint) as client:
         return client.info()["classes"]
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    yield from registered_provider()
 
 
 RecordingFeedback = recording_feedback()

@@ -2,16 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from plugin_support import registered_provider
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 from worker_support import TINY_CONFIG, free_tcp_endpoint, make_export, start_worker
 
 pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    yield from registered_provider()
 
 
 @pytest.fixture(scope="module")

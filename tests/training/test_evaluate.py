@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, VENV_PYTHON
 from PIL import Image
+from project_paths import REPO_ROOT, VENV_PYTHON
 from torch import nn
 
 from factseg_core import sliding_predict

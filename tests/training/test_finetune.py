@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, VENV_PYTHON
+from project_paths import REPO_ROOT, VENV_PYTHON
 
 from factseg_core import FactSeg, FactSegConfig, load_model, save_checkpoint
 from factseg_core.checkpoint import native_to_reference_key

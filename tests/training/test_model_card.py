@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, VENV_PYTHON
+from project_paths import REPO_ROOT, VENV_PYTHON
 from worker_support import TINY_CONFIG, make_export, start_worker
 
 from factseg_core import load_model, save_checkpoint

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, VENV_PYTHON
 from PIL import Image
+from project_paths import REPO_ROOT, VENV_PYTHON
 
 from factseg_core.classes import ISAID_CLASSES
 from training import synthetic

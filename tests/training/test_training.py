@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, VENV_PYTHON
+from project_paths import REPO_ROOT, VENV_PYTHON
 
 from factseg_core import joint_loss, load_model
 from factseg_core.checkpoint import read_checkpoint

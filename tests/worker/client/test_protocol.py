@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT as REPO
+from project_paths import REPO_ROOT as REPO
 
 from worker.client import protocol as P
 
