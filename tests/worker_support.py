@@ -95,8 +95,10 @@ class CountingProxy:
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def ops_before(self, op: str) -> list[str]:
-        """The requests that came before the first ``op`` (all of them when there was none)."""
-        return self.ops[: self.ops.index(op)] if op in self.ops else list(self.ops)
+        """The requests that came before the first ``op`` (all of them when there was none), less the pulse's
+        liveness pings: they come on a connection of their own, at any time, and are no round trip of the job."""
+        before = self.ops[: self.ops.index(op)] if op in self.ops else self.ops
+        return [o for o in before if o != "ping"]
 
     def _back(self, identity: bytes, poller: zmq.Poller) -> zmq.Socket:
         if identity not in self._backs:
