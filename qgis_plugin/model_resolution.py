@@ -19,6 +19,8 @@ from .worker_import import WorkerError
 
 #: Beyond this ratio between the model's and the segmented pixel size, results degrade noticeably.
 DEGRADE_RATIO = 1.5
+#: The longest the read of the model's resolution waits for a worker (QGIS's main thread waits with it).
+GSD_READ_TIMEOUT_S = 3.0
 
 
 def card_gsd(info_or_card: dict[str, Any] | None) -> float | None:
@@ -32,23 +34,29 @@ def card_gsd(info_or_card: dict[str, Any] | None) -> float | None:
     return float(value)
 
 
-def worker_gsd(target: Any) -> float | None:
-    """The ``gsd_m`` of the model a :class:`~.job.WorkerTarget` serves (a local worker is started, and kept for
-    the run); None when the model does not know it or the worker does not answer (the run then says why)."""
+def worker_gsd(target: Any) -> tuple[float | None, bool]:
+    """(``gsd_m`` of the model a :class:`~.job.WorkerTarget` serves, whether the worker answered).
+
+    A local worker is started here, and kept for the run. A running worker answers ``info`` at once, so the read
+    waits :data:`GSD_READ_TIMEOUT_S` at most: it runs while the job is prepared, on QGIS's main thread.
+    """
     endpoint = target.endpoint or local_endpoint(target.local)
     try:
-        with target.client(endpoint, target.probe_timeout_s, retries=0) as client:
-            return card_gsd(client.info())
+        with target.client(endpoint, min(target.probe_timeout_s, GSD_READ_TIMEOUT_S), retries=0) as client:
+            return card_gsd(client.info()), True
     except (WorkerError, OSError, ValueError):
-        return None
+        return None, False
 
 
 def model_resolution(target: Any, layer: QgsRasterLayer, context: QgsCoordinateTransformContext,
                      log: Any = None) -> tuple[float, str]:
     """(RESOLUTION, units) for a request that gave none: the model's ``gsd_m`` in cm/px where it knows it, else
     (0, map units): the layer's native grid. A layer already at the model's resolution keeps its own grid."""
-    gsd = worker_gsd(target)
+    gsd, answered = worker_gsd(target)
     if gsd is None:
+        if not answered and log is not None:
+            log("RESOLUTION not given and the worker did not answer for its model's ground resolution: the layer's "
+                "native resolution is used.")
         return 0.0, "map_units"
     native = layer_gsd(layer, context)
     if native is not None and abs(native / gsd - 1.0) < 1e-3:

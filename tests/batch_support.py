@@ -98,9 +98,10 @@ class DaskCluster:
         for process in reversed(self.processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5  # one grace period for all: a nanny may linger on a closed scheduler
         for process in self.processes:
             try:
-                process.wait(10)
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
