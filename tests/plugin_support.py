@@ -170,22 +170,82 @@ def mixed_checkpoint(model, image_chw: np.ndarray, path: Path, background_share:
 
 
 def recording_feedback():
-    """A QgsProcessingFeedback that keeps the errors and progress the algorithm reports (processing.run raises
-    only a generic message)."""
+    """A QgsProcessingFeedback class that keeps what the algorithm reports: every log line (info, warnings and
+    errors) in ``lines``, the errors alone in ``errors`` (processing.run raises only a generic message), and the
+    progress."""
     from qgis.core import QgsProcessingFeedback
 
     class Recording(QgsProcessingFeedback):
         def __init__(self) -> None:
             super().__init__()
+            self.lines: list[str] = []
             self.errors: list[str] = []
             self.progress: list[float] = []
             self.progressChanged.connect(self.progress.append)
 
+        def pushInfo(self, info):  # noqa: N802
+            self.lines.append(str(info))
+            super().pushInfo(info)
+
+        def pushWarning(self, warning):  # noqa: N802
+            self.lines.append(str(warning))
+            super().pushWarning(warning)
+
         def reportError(self, error, fatalError=False):  # noqa: N802, N803
+            self.lines.append(str(error))
             self.errors.append(error)
             super().reportError(error, fatalError)
 
+        def text(self) -> str:
+            return "\n".join(self.lines)
+
     return Recording
+
+
+def wait_for_run(run, timeout_s: float = 120.0) -> None:
+    """Process Qt events until a :class:`qgis_plugin.task.SegmentRun` has finished (its ``on_finished`` ran)."""
+    import time
+
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    done = []
+    previous = run.on_finished
+    run.on_finished = lambda r: (done.append(r), previous and previous(r))
+    deadline = time.monotonic() + timeout_s
+    while not done and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    assert done, f"run did not finish within {timeout_s} s (status {run.status()})"
+
+
+def box_ring(box: tuple[float, float, float, float]) -> list[tuple[float, float]]:
+    """The (column, row) corners of a pixel box given as (row0, col0, row1, col1)."""
+    r0, c0, r1, c1 = box
+    return [(c0, r1), (c1, r1), (c1, r0), (c0, r0)]
+
+
+def write_label_polygons(path: Path, shapes, gt=UTM_GT, epsg: int | None = 32633, field_type=None) -> Path:
+    """A GeoPackage layer "labels" with a class field "cls": one polygon per (ring, value) of ``shapes``, the ring
+    in pixel (column, row) coordinates on ``gt``. A value None leaves the field unset; ``epsg`` None: no CRS."""
+    from osgeo import ogr
+
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    srs = None
+    if epsg is not None:
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(epsg)
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("cls", ogr.OFTString if field_type is None else field_type))
+    for points, value in shapes:
+        ring = ", ".join(f"{gt[0] + c * gt[1]} {gt[3] + r * gt[5]}" for c, r in [*points, points[0]])
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON (({ring}))"))
+        if value is not None:
+            feature.SetField("cls", value)
+        layer.CreateFeature(feature)
+    ds = None
+    return path
 
 
 def registered_provider():

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal, ogr, osr
+from osgeo import gdal
 from plugin_support import (
     UTM_GT,
+    box_ring,
     build_plugin_zip,
     read_classes,
     reference_classes,
@@ -22,6 +23,7 @@ from plugin_support import (
     scene,
     unpack_plugin,
     write_geotiff,
+    write_label_polygons,
 )
 from qgis344_support import qgis_process_profile
 from worker_support import TINY_CONFIG, free_tcp_endpoint, start_worker
@@ -78,20 +80,7 @@ def test_segment_on_qgis_344_matches_the_worker(qgis344, worker, tmp_path):
 
 
 def write_labels(path: Path) -> Path:
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("cls", ogr.OFTString))
-    for (r0, c0, r1, c1), name in BOXES:
-        x0, x1 = UTM_GT[0] + c0 * UTM_GT[1], UTM_GT[0] + c1 * UTM_GT[1]
-        y0, y1 = UTM_GT[3] + r1 * UTM_GT[5], UTM_GT[3] + r0 * UTM_GT[5]
-        feature = ogr.Feature(layer.GetLayerDefn())
-        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"))
-        feature.SetField("cls", name)
-        layer.CreateFeature(feature)
-    ds = None
-    return path
+    return write_label_polygons(path, [(box_ring(box), name) for box, name in BOXES])
 
 
 def export_arrays(folder: Path) -> dict[str, np.ndarray]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal, ogr, osr
-from plugin_support import UTM_GT, recording_feedback, scene, write_geotiff
+from osgeo import gdal, ogr
+from plugin_support import UTM_GT, box_ring, recording_feedback, scene, write_geotiff, write_label_polygons
 from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
 
 from worker.io.training_export import (
@@ -37,24 +37,10 @@ def _pixel_box(box, gt=UTM_GT):
 
 
 def write_polygons(path: Path, boxes, epsg: int | None = 32633, field_type=ogr.OFTString, values=None) -> Path:
-    """A GeoPackage of rectangles (pixel boxes on UTM_GT) with a class field."""
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    srs = None
-    if epsg is not None:
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(epsg)
-    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("cls", field_type))
-    for i, (box, name) in enumerate(boxes):
-        x0, y0, x1, y1 = _pixel_box(box)
-        feature = ogr.Feature(layer.GetLayerDefn())
-        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"))
-        value = name if values is None else values[i]
-        if value is not None:
-            feature.SetField("cls", value)
-        layer.CreateFeature(feature)
-    ds = None
-    return path
+    """A GeoPackage of rectangles (pixel boxes on UTM_GT) with a class field (``values`` instead of the names)."""
+    values = [name for _, name in boxes] if values is None else values
+    return write_label_polygons(path, [(box_ring(box), value) for (box, _), value in zip(boxes, values)],
+                                epsg=epsg, field_type=field_type)
 
 
 RecordingFeedback = recording_feedback()

@@ -11,33 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal, ogr, osr
-from plugin_support import UTM_GT, scene, write_geotiff
+from osgeo import gdal, osr
+from plugin_support import UTM_GT, recording_feedback, scene, write_geotiff, write_label_polygons
 from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsVectorLayer
 
 from worker.io.vectorize import polygonize_classes
 
 pytestmark = pytest.mark.qgis
+Log = recording_feedback()
 
-
-class Log(QgsProcessingFeedback):
-    """Keeps what the algorithm tells the analyst."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.lines.append(info)
-        QgsProcessingFeedback.pushInfo(self, info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.lines.append(warning)
-        QgsProcessingFeedback.pushWarning(self, warning)
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        self.lines.append(error)
-        QgsProcessingFeedback.reportError(self, error, fatalError)
 
 
 def run_export(**params) -> tuple[dict, Log]:
@@ -102,7 +84,7 @@ def test_processings_default_stops_at_an_invalid_polygon(provider, tmp_path):
     """What the export escapes: a native algorithm under the same default settings refuses a bow-tie."""
     import processing
 
-    labels = write_labels(tmp_path / "labels.gpkg", [(BOW_TIE, "vessel")])
+    labels = write_label_polygons(tmp_path / "labels.gpkg", [(BOW_TIE, "vessel")])
     with pytest.raises(QgsProcessingException):
         processing.run("native:centroids", {"INPUT": str(labels), "ALL_PARTS": False, "OUTPUT": "memory:"},
                        feedback=QgsProcessingFeedback())
@@ -135,25 +117,10 @@ BOW_TIE = [(100, 20), (160, 80), (160, 20), (100, 80)]  # two triangles meeting 
 FLAT = [(20, 120), (60, 120), (90, 120)]  # all on one line: no area at all
 
 
-def write_labels(path: Path, shapes) -> Path:
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("cls", ogr.OFTString))
-    for points, name in shapes:
-        ring = ", ".join(f"{UTM_GT[0] + c * UTM_GT[1]} {UTM_GT[3] + r * UTM_GT[5]}" for c, r in [*points, points[0]])
-        feature = ogr.Feature(layer.GetLayerDefn())
-        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON (({ring}))"))
-        feature.SetField("cls", name)
-        layer.CreateFeature(feature)
-    ds = None
-    return path
-
 
 def test_invalid_user_polygons_are_repaired_or_left_out_and_counted(provider, tmp_path):
     raster = write_geotiff(tmp_path / "scene.tif", scene(200, 300), UTM_GT, 32633)
-    labels = write_labels(tmp_path / "labels.gpkg", [(BOX, "vehicle"), (BOW_TIE, "vessel"), (FLAT, "vehicle")])
+    labels = write_label_polygons(tmp_path / "labels.gpkg", [(BOX, "vehicle"), (BOW_TIE, "vessel"), (FLAT, "vehicle")])
     result, log = run_export(INPUT=str(raster), LABELS=str(labels), CLASS_FIELD="cls", OUTPUT=str(tmp_path / "out"),
                              EXTENT=f"{UTM_GT[0]},{UTM_GT[0] + 300 * UTM_GT[1]},{UTM_GT[3] + 200 * UTM_GT[5]},"
                                     f"{UTM_GT[3]} [EPSG:32633]", VAL_FRACTION=0.0, PATCH=320)

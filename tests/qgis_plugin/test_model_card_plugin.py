@@ -11,58 +11,28 @@ import subprocess
 import time
 
 import pytest
-from osgeo import gdal, ogr, osr
-from plugin_support import GEO_GT, UTM_GT, scene, start_worker, write_geotiff
+from osgeo import gdal
+from plugin_support import (
+    GEO_GT,
+    UTM_GT,
+    box_ring,
+    recording_feedback,
+    scene,
+    start_worker,
+    write_geotiff,
+    write_label_polygons,
+)
 from project_paths import REPO_ROOT, VENV_PYTHON
 from qgis.core import QgsProcessingFeedback, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication
 from worker_support import TINY_CONFIG
 
 pytestmark = pytest.mark.qgis
+LogFeedback = recording_feedback()
 HEIGHT, WIDTH = 160, 256  # at 0.5 m: 128 × 80 px at the model's 1 m
 R = 1.0  # the export's resolution (metres, UTM map units)
 
 
-class LogFeedback(QgsProcessingFeedback):
-    """Keeps everything the algorithm writes to the Processing log."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.lines.append(str(info))
-        super().pushInfo(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.lines.append(str(warning))
-        super().pushWarning(warning)
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        self.lines.append(str(error))
-        super().reportError(error, fatalError)
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-def _labels(path, boxes, gt=UTM_GT, epsg=32633) -> str:
-    """A GeoPackage of rectangles given in pixel boxes (row0, col0, row1, col1) of ``gt``, with a class name."""
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(epsg)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("cls", ogr.OFTString))
-    for (r0, c0, r1, c1), name in boxes:
-        x0, x1 = gt[0] + c0 * gt[1], gt[0] + c1 * gt[1]
-        y0, y1 = gt[3] + r1 * gt[5], gt[3] + r0 * gt[5]
-        feature = ogr.Feature(layer.GetLayerDefn())
-        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"))
-        feature.SetField("cls", name)
-        layer.CreateFeature(feature)
-    ds = None
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +45,8 @@ def export(provider, raster, tmp_path_factory):
     import processing
 
     root = tmp_path_factory.mktemp("export")
-    labels = _labels(root / "labels.gpkg", [((10, 10, 40, 60), "vehicle"), ((90, 150, 130, 220), "ship"),
-                                            ((60, 80, 80, 100), "vehicle")])
+    boxes = [((10, 10, 40, 60), "vehicle"), ((90, 150, 130, 220), "ship"), ((60, 80, 80, 100), "vehicle")]
+    labels = str(write_label_polygons(root / "labels.gpkg", [(box_ring(box), name) for box, name in boxes]))
     out = root / "data"
     processing.run("factseg:export_training_data", {
         "INPUT": str(raster), "LABELS": labels, "CLASS_FIELD": "cls", "OUTPUT": str(out), "PATCH": 64,
@@ -119,7 +89,8 @@ def test_export_of_a_geographic_layer_measures_ground_metres(provider, tmp_path)
     import processing
 
     raster = write_geotiff(tmp_path / "geo.tif", scene(HEIGHT, WIDTH, seed=4), GEO_GT, 4326)
-    labels = _labels(tmp_path / "labels.gpkg", [((10, 10, 60, 80), "vehicle")], GEO_GT, 4326)
+    labels = str(write_label_polygons(tmp_path / "labels.gpkg", [(box_ring((10, 10, 60, 80)), "vehicle")], GEO_GT,
+                                      4326))
     for resolution, units in ((50.0, 1), (0.0, 0)):  # 50 cm/px; the native 5e-6° pixels
         out = tmp_path / f"data{units}"
         processing.run("factseg:export_training_data", {

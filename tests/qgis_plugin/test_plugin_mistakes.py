@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from plugin_support import UTM_GT, recording_feedback, scene, write_geotiff
+from plugin_support import UTM_GT, recording_feedback, scene, wait_for_run, write_geotiff
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -61,17 +61,6 @@ EXPECTED = {"no scheme": "tcp://127.0.0.1:5599", "http": "not HTTP", "no torch":
             "junk": "is not a FactSeg model file"}
 
 
-def wait_for(run, timeout_s=180.0):
-    done = []
-    previous = run.on_finished
-    run.on_finished = lambda r: (done.append(r), previous and previous(r))
-    deadline = time.monotonic() + timeout_s
-    while not done and time.monotonic() < deadline:
-        QCoreApplication.processEvents()
-        time.sleep(0.01)
-    assert done, f"run did not finish within {timeout_s} s"
-
-
 @pytest.mark.parametrize("mistake", list(EXPECTED))
 def test_each_mistake_is_one_sentence_in_the_message_bar(mistake, plugin, layer, tiny_checkpoint, not_models,
                                                          tmp_path, qgis_iface):
@@ -90,7 +79,7 @@ def test_each_mistake_is_one_sentence_in_the_message_bar(mistake, plugin, layer,
             plugin.start(run)
     else:
         plugin.start(run)
-        wait_for(run)
+        wait_for_run(run, 180.0)
         assert run.status() == QgsTask.TaskStatus.Terminated
         message = run.error
         assert qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)[-1].endswith(message)
@@ -160,7 +149,7 @@ def test_a_failed_model_is_not_remembered(plugin, qgis_iface, layer, tiny_checkp
         assert "is not a FactSeg model file" in one_sentence(dialog.error_label.text())
     else:
         run = plugin.start(dialog.run)
-        wait_for(run)
+        wait_for_run(run, 180.0)
         assert "is not a FactSeg model file" in one_sentence(run.error)
     assert PluginSettings.load().model_path == str(tiny_checkpoint)
     dialog.close()
@@ -189,8 +178,8 @@ def test_two_runs_writing_one_output(plugin, worker, layer, tmp_path, monkeypatc
         QCoreApplication.processEvents()
         time.sleep(0.01)
     second = plugin.start_run(dict(params), layer_name="scene")
-    wait_for(second)
+    wait_for_run(second, 180.0)
     gate.set()
-    wait_for(first)
+    wait_for_run(first, 180.0)
     assert "Another FactSeg run is writing" in one_sentence(second.error)
     assert first.error is None and (tmp_path / "same.tif").is_file()

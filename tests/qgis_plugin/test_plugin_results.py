@@ -11,27 +11,13 @@ import time
 import numpy as np
 import pytest
 from osgeo import gdal
-from plugin_support import PATCH, STRIDE, UTM_GT, scene, write_geotiff
-from qgis.core import QgsProcessingFeedback, QgsProject, QgsRasterLayer
+from plugin_support import PATCH, STRIDE, UTM_GT, recording_feedback, scene, write_geotiff
+from qgis.core import QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication
 
 pytestmark = pytest.mark.qgis
+LogFeedback = recording_feedback()
 
-
-class LogFeedback(QgsProcessingFeedback):
-    """Keeps every line the algorithm writes to Processing's log."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.lines.append(str(info))
-        super().pushInfo(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.lines.append(str(warning))
-        super().pushWarning(warning)
 
 
 def png_without_georeferencing(path, bands: int = 3):

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from plugin_support import PATCH, STRIDE, UTM_GT, read_classes, scene, write_geotiff
+from plugin_support import PATCH, STRIDE, UTM_GT, read_classes, scene, wait_for_run, write_geotiff
 from qgis.core import Qgis, QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -30,17 +30,6 @@ def make_params(tmp_path, endpoint, size=(160, 200), **kwargs):
     return params
 
 
-def wait_for(task, timeout_s=120.0):
-    done = []
-    previous = task.on_finished
-    task.on_finished = lambda t: (done.append(t), previous and previous(t))
-    deadline = time.monotonic() + timeout_s
-    while not done and time.monotonic() < deadline:
-        QCoreApplication.processEvents()
-        time.sleep(0.01)
-    assert done, f"task did not finish within {timeout_s} s (status {task.status()})"
-
-
 def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgis_iface):
     from qgis.core import QgsCategorizedSymbolRenderer
 
@@ -49,7 +38,7 @@ def test_task_adds_styled_layers_and_reports_areas(plugin, worker, tmp_path, qgi
     task = plugin.start_run(make_params(tmp_path, worker.endpoint, OUTPUT_VECTOR=str(tmp_path / "objects.gpkg")))
     progress = []
     task.progressChanged.connect(progress.append)
-    wait_for(task)
+    wait_for_run(task)
     assert task.status() == QgsTask.TaskStatus.Complete and task.error is None
     assert progress and max(progress) == pytest.approx(100.0)
     raster, vector = task.added_layers
@@ -105,7 +94,7 @@ def test_cancel_midway_stops_worker_and_leaves_nothing(plugin, worker, tmp_path,
     assert any(0 < p < 100 for p in progress), progress
     (task.cancel if via == "plugin" else task.task.cancel)()  # the run's cancel, or the QgsTask's own button
     gate.set()
-    wait_for(task)
+    wait_for_run(task)
     assert task.status() == QgsTask.TaskStatus.Terminated
     assert "cancelled" in str(task.error)
     assert len(reads) < 5
@@ -126,7 +115,7 @@ def test_unreachable_worker_reported_in_message_bar(plugin, tmp_path, qgis_iface
     monkeypatch.setattr(job, "PROBE_TIMEOUT_S", 1.0)
     nobody = f"ipc://{tmp_path}/nobody.sock"
     task = plugin.start_run(make_params(tmp_path, nobody))
-    wait_for(task)
+    wait_for_run(task)
     assert task.status() == QgsTask.TaskStatus.Terminated
     critical = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
     assert critical and f"worker at {nobody} does not answer" in critical[-1]
@@ -141,7 +130,7 @@ def test_task_output_matches_processing_code_path(plugin, worker, tmp_path):
     from qgis_plugin.processing_provider import FactSegProvider
 
     task = plugin.start_run(make_params(tmp_path, worker.endpoint))
-    wait_for(task)
+    wait_for_run(task)
     ids_task, _ = read_classes(tmp_path / "classes.tif")
     registry = QgsApplication.processingRegistry()
     if registry.providerById("factseg") is None:
@@ -175,7 +164,7 @@ def test_task_on_xyz_tiles(plugin, worker, tmp_path):
     task = plugin.start_run({"INPUT": layer, "OUTPUT": str(tmp_path / "classes.tif"), "WORKER": worker.endpoint,
                              "EXTENT": extent_text(extent, layer.crs()), "RESOLUTION": zoom1, "PATCH": PATCH,
                              "STRIDE": STRIDE})
-    wait_for(task)
+    wait_for_run(task)
     assert task.status() == QgsTask.TaskStatus.Complete, task.error
     ids, ds = read_classes(tmp_path / "classes.tif")
     assert ids.shape == (200, 200) and ds.GetGeoTransform()[1] == pytest.approx(zoom1)
@@ -235,13 +224,13 @@ def test_local_worker_is_reused_between_tasks_and_stopped_at_unload(plugin, tiny
 
     local = {"MODEL": str(tiny_checkpoint), "WORKER_PYTHON": str(VENV_PYTHON), "DEVICE": 1}
     first = plugin.start_run(make_params(tmp_path, "", size=(64, 64), **local))
-    wait_for(first)
+    wait_for_run(first)
     assert first.status() == QgsTask.TaskStatus.Complete, first.error
     endpoints = local_workers.running_endpoints()
     assert len(endpoints) == 1
     (tmp_path / "classes.tif").unlink()
     second = plugin.start_run(make_params(tmp_path, "", size=(64, 64), **local))
-    wait_for(second)
+    wait_for_run(second)
     assert second.status() == QgsTask.TaskStatus.Complete, second.error
     assert local_workers.running_endpoints() == endpoints  # the same process served both
     plugin.unload()
@@ -305,7 +294,7 @@ def test_dialog_runs_against_a_curve_worker_with_keys_from_the_auth_database(plu
         dialog.accept()
         assert dialog.error_label.text() == "" and dialog.run.parameters["AUTHCFG"] == authcfg
         task = plugin.start(dialog.run)
-        wait_for(task)
+        wait_for_run(task)
         assert task.status() == QgsTask.TaskStatus.Complete, task.error
         ids, _ = read_classes(tmp_path / "classes.tif")
         assert ids.shape == (64, 96)
