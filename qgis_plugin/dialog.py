@@ -17,7 +17,6 @@ from qgis.core import (
     QgsMapLayerProxyModel,
     QgsProcessingFeatureSourceDefinition,
     QgsProcessingUtils,
-    QgsProject,
     QgsRasterLayer,
     QgsRectangle,
 )
@@ -335,8 +334,7 @@ class SegmentDialog(QDialog):
     def _reset_resolution(self) -> None:
         """Show the layer's native pixel size in the chosen unit (ground cm/px measured at the layer's centre)."""
         self._native_value = None
-        value = native_value(self.layer_combo.currentLayer(), RESOLUTION_UNITS[self.units_combo.currentIndex()],
-                             QgsProject.instance().transformContext())
+        value = native_value(self.layer_combo.currentLayer(), RESOLUTION_UNITS[self.units_combo.currentIndex()])
         if value is not None:
             self.resolution_spin.setValue(value)
             self._native_value = self.resolution_spin.value()

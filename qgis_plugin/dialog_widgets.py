@@ -141,4 +141,3 @@ def fit_wrapped_labels(root: QWidget) -> None:
         need = root.layout().minimumSize()  # now with the labels' heights: grow a window that is too short for it
         if root.isWindow() and root.height() < need.height():
             root.resize(max(root.width(), need.width()), need.height())
-

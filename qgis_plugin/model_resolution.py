@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from qgis.core import QgsCoordinateTransformContext, QgsRasterLayer
+from qgis.core import QgsCoordinateTransformContext, QgsProject, QgsRasterLayer
 
 from .errors import FactSegError
-from .grid import OutputGrid, ground_sample_distance, native_resolution
+from .grid import OutputGrid, ground_metres_per_unit, ground_sample_distance, native_resolution
 from .local_workers import local_endpoint
 from .worker_import import WorkerError
 
@@ -78,14 +78,27 @@ def layer_gsd(layer: QgsRasterLayer, context: QgsCoordinateTransformContext) -> 
         return None
 
 
-def native_value(layer: Any, units: str, context: QgsCoordinateTransformContext) -> float | None:
-    """A raster layer's native pixel size in ``units`` ('map_units', or 'cm_per_px': ground cm per pixel at the
-    layer's centre); None without a native grid, or where the ground size cannot be measured."""
+def layer_metres_per_unit(layer: Any) -> float | None:
+    """Ground metres per map unit along x at a raster layer's centre (None where it cannot be measured): the
+    dialog's conversion between map units and cm/px."""
+    if not isinstance(layer, QgsRasterLayer):
+        return None
+    extent = layer.extent()
+    try:
+        return ground_metres_per_unit(layer.crs(), extent.center(), max(extent.width(), extent.height()) * 0.01
+                                      or 1e-3, QgsProject.instance().transformContext())[0]
+    except FactSegError:
+        return None
+
+
+def native_value(layer: Any, units: str) -> float | None:
+    """A raster layer's native pixel size in ``units`` ('map_units', or 'cm_per_px': ground cm per pixel along x
+    at the layer's centre); None without a native grid, or where the ground size cannot be measured."""
     native = native_resolution(layer) if isinstance(layer, QgsRasterLayer) else None
     if native is None or units != "cm_per_px":
         return native[0] if native else None
-    gsd = layer_gsd(layer, context)
-    return gsd * 100.0 if gsd is not None else None
+    per_unit = layer_metres_per_unit(layer)
+    return native[0] * per_unit * 100.0 if per_unit is not None else None
 
 
 def grid_gsd(grid: OutputGrid, context: QgsCoordinateTransformContext | None = None) -> float | None:

@@ -16,10 +16,9 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton
 
-from .errors import FactSegError
-from .grid import ground_metres_per_unit, native_resolution
+from .grid import native_resolution
 from .model_card_reader import ReadCardTask
-from .model_resolution import card_gsd, degrade_note, layer_gsd
+from .model_resolution import card_gsd, degrade_note, layer_gsd, layer_metres_per_unit
 from .settings import RESOLUTION_UNITS
 
 MAP_UNITS = RESOLUTION_UNITS.index("map_units")
@@ -107,24 +106,12 @@ class ModelResolution:
             self.spin.setValue(value)
         self.refresh()
 
-    def _metres_per_unit(self) -> float | None:
-        """Ground metres per map unit along x at the layer's centre (as the dialog's native cm/px value)."""
-        layer = self.layer_combo.currentLayer()
-        if not isinstance(layer, QgsRasterLayer):
-            return None
-        extent = layer.extent()
-        try:
-            return ground_metres_per_unit(layer.crs(), extent.center(), max(extent.width(), extent.height()) * 0.01
-                                          or 1e-3, QgsProject.instance().transformContext())[0]
-        except FactSegError:
-            return None
-
     def _in_units(self, metres: float | None) -> float | None:
         if metres is None:
             return None
         if RESOLUTION_UNITS[self.units_combo.currentIndex()] == "cm_per_px":
             return metres * 100.0
-        per_unit = self._metres_per_unit()
+        per_unit = layer_metres_per_unit(self.layer_combo.currentLayer())
         return metres / per_unit if per_unit else None
 
     def model_value(self) -> float | None:
@@ -138,7 +125,7 @@ class ModelResolution:
             return None
         if RESOLUTION_UNITS[self.units_combo.currentIndex()] == "cm_per_px":
             return value / 100.0
-        per_unit = self._metres_per_unit()
+        per_unit = layer_metres_per_unit(self.layer_combo.currentLayer())
         return value * per_unit if per_unit else None
 
     def refresh(self, *_args) -> None:
